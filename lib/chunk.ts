@@ -1,0 +1,33 @@
+/**
+ * A Chunk is a piece of a virtual disk travelling through a pipeline:
+ * what NbdReader reads, what SparseFramer frames, what SparseParser yields
+ * and what NbdWriter writes.
+ *
+ * - data chunk: `data` holds `length` raw bytes (or, between Lz4Compress and
+ *   Lz4Decompress, `lz4` holds one LZ4 frame of those bytes);
+ * - zero chunk: `zero` is true, no payload; the range reads as zeros.
+ *
+ * An extent longer than the NBD server's maximum request size is read in
+ * several requests; each piece then carries `frame`, the span of the one
+ * sparse-stream data frame they all belong to, so the framer writes one
+ * frame header and the parser can say which frame a piece came from.
+ */
+export interface FrameSpan {
+  offset: number;
+  length: number;
+}
+
+export interface Chunk {
+  /** Byte offset of this piece in the virtual disk. */
+  offset: number;
+  /** Uncompressed length in bytes. */
+  length: number;
+  /** The range reads as zeros; no payload. */
+  zero?: boolean;
+  /** Raw bytes of a data chunk (length === data.length). */
+  data?: Buffer;
+  /** One LZ4 frame holding this chunk's bytes (compressed streams). */
+  lz4?: Buffer;
+  /** The data frame this piece belongs to, when the frame spans several pieces. */
+  frame?: FrameSpan;
+}
