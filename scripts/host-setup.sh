@@ -8,7 +8,7 @@ say() { echo "host-setup: $*"; }
 
 PACKAGES=(
   qemu-utils qemu-system-x86 libvirt-daemon-system libvirt-clients
-  nbdkit libnbd-bin virtnbdbackup ovmf
+  nbdkit libnbd-bin virtnbdbackup ovmf openssh-server
 )
 
 missing=()

@@ -4,10 +4,10 @@
  *
  * In: Extents in offset order (from ExtentSource). Out: Chunks in the same
  * order: data extents become data chunks read with NBD_CMD_READ in pieces
- * of at most `requestSize` bytes (default 1 MiB; pieces of an extent read in more than one
- * request carry `frame`, the extent's span); zero extents become zero
- * chunks; extents that are neither (clean ranges of a dirty bitmap) are
- * dropped. Buffers: at most `inFlight` reads (default 8) plus
+ * of at most `requestSize` bytes (default 1 MiB; the pieces of an extent
+ * read in more than one request carry `frame`, the extent's span); zero
+ * extents become zero chunks; extents that are neither (clean ranges of a
+ * dirty bitmap) are dropped. Buffers: at most `inFlight` reads (default 8) plus
  * `readableHighWaterMark` (default 2) finished chunks, so memory stays below
  * (inFlight + 2) x requestSize. Reads go out concurrently and are emitted in
  * order. A failed read (NbdError with the server's errno) destroys the stream.
