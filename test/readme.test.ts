@@ -22,17 +22,16 @@ async function example(marker: string): Promise<string> {
   return block[1]!;
 }
 
-test('the README example of the stages runs and prints what the README says', async (t) => {
-  const code = (await example('stages')).replace(
-    /from 'virtnbd'/g,
-    `from '${pathToFileURL(join(root, 'lib/index.ts')).href}'`,
-  );
+async function runExample(t: { teardown(fn: () => Promise<void>): void }, marker: string, args: string[] = []) {
+  const code = (await example(marker)).replace(/from 'virtnbd'/g, `from '${pathToFileURL(join(root, 'lib/index.ts')).href}'`);
   const dir = await mkdtemp(join(tmpdir(), 'vnbd-readme-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   await writeFile(join(dir, 'example.mts'), code);
-  const { stdout } = await promisify(execFile)(process.execPath, ['--import', import.meta.resolve('tsx'), 'example.mts'], {
-    cwd: dir,
-  });
+  return promisify(execFile)(process.execPath, ['--import', import.meta.resolve('tsx'), 'example.mts', ...args], { cwd: dir });
+}
+
+test('the README example of the stages runs and prints what the README says', async (t) => {
+  const { stdout } = await runExample(t, 'stages');
   const lines = stdout.trim().split('\n');
   t.regex(lines[0]!, /^vda\.full\.data written, adler32 \d+$/);
   t.deepEqual(lines.slice(1), [
@@ -40,4 +39,12 @@ test('the README example of the stages runs and prints what the README says', as
     'zero at 1048576, 7340032 bytes',
     'disk vda, 8388608 bytes',
   ]);
+});
+
+test('the README example of the libvirt client answers with libvirt\'s own message for a missing domain', async (t) => {
+  const missing = `vnbd-readme-missing-${process.pid}`;
+  const error = await t.throwsAsync(runExample(t, 'libvirt', [missing]));
+  const failed = error as Error & { code?: number; stderr?: string };
+  t.is(failed.code, 1);
+  t.is(failed.stderr?.trim(), `Domain not found: no domain with matching name '${missing}'`);
 });

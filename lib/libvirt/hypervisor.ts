@@ -62,7 +62,8 @@ export function openTransport(uri: LibvirtUri, readOnly = false): Promise<Transp
       return connectTcp(uri.host!, tcpPort(uri));
     case 'ssh': {
       const { command, args } = sshCommand(uri, readOnly);
-      return spawnTransport(command, args, `ssh ${uri.user ? `${uri.user}@` : ''}${uri.host}`);
+      const host = uri.host!.includes(':') ? `[${uri.host}]` : uri.host;
+      return spawnTransport(command, args, `ssh ${uri.user ? `${uri.user}@` : ''}${host}${uri.port !== undefined ? `:${uri.port}` : ''}`);
     }
     default:
       return Promise.reject(
