@@ -328,7 +328,7 @@ streamer.datetime = Namespace(datetime=Now)
 con = Namespace(nbd=Nbd(), maxRequestSize=spec["maxRequestSize"])
 stream = streamer.SparseStream(types)
 T = types.SparseStreamTypes()
-args = Namespace(cpt=Namespace(name="virtnbdbackup.0", parent=False), compress=spec["compress"], level=spec["level"])
+args = Namespace(cpt=Namespace(name="virtnbdbackup.0", parent=""), compress=spec["compress"], level=spec["level"])
 disk = Namespace(target="vda", format="qcow2")
 extents = [Namespace(**e) for e in spec["extents"]]
 dataSize = sum(e.length for e in extents if e.data)
