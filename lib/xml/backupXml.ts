@@ -5,7 +5,8 @@
  * backups) or TCP (remote ones), keeping copy-before-write data in a scratch
  * file per disk. Pure, no I/O.
  */
-import { XMLBuilder } from 'fast-xml-parser';
+
+import { buildXmlDocument } from './xmlTree.js';
 
 /** Where QEMU's NBD server listens. */
 export type BackupServer =
@@ -27,13 +28,6 @@ export class BackupXmlError extends Error {
   override readonly name = 'BackupXmlError';
 }
 
-const builder = new XMLBuilder({
-  ignoreAttributes: false,
-  attributeNamePrefix: '@_',
-  format: true,
-  indentBy: '  ',
-  suppressEmptyNode: true,
-});
 
 function absolute(path: string, what: string): string {
   // libvirt's schema (absFilePath) takes absolute paths only; say so before it does.
@@ -81,5 +75,5 @@ export function buildBackupXml(spec: BackupXmlSpec): string {
       ...skip.map((target) => ({ '@_name': target, '@_backup': 'no' })),
     ],
   };
-  return builder.build({ domainbackup: doc }) as string;
+  return buildXmlDocument('domainbackup', doc);
 }

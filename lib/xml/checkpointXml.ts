@@ -5,8 +5,7 @@
  * prints, with creationTime, bitmap names and the whole domain inside),
  * which are redefined when libvirt has lost them. Pure, no I/O.
  */
-import { XMLBuilder } from 'fast-xml-parser';
-import { parseXmlDocument, XmlDocumentError } from './xmlTree.js';
+import { buildXmlDocument, parseXmlDocument, XmlDocumentError } from './xmlTree.js';
 
 /** What virtnbdbackup writes into every checkpoint it creates. */
 export const CHECKPOINT_DESCRIPTION = 'Backup checkpoint';
@@ -28,13 +27,6 @@ export class CheckpointXmlError extends Error {
   override readonly name = 'CheckpointXmlError';
 }
 
-const builder = new XMLBuilder({
-  ignoreAttributes: false,
-  attributeNamePrefix: '@_',
-  format: true,
-  indentBy: '  ',
-  suppressEmptyNode: true,
-});
 
 /** `<domaincheckpoint>` for virDomainBackupBegin / virDomainCheckpointCreateXML. */
 export function buildCheckpointXml(spec: CheckpointXmlSpec): string {
@@ -58,7 +50,7 @@ export function buildCheckpointXml(spec: CheckpointXmlSpec): string {
       ...skip.map((d) => ({ '@_name': d, '@_checkpoint': 'no' })),
     ],
   };
-  return builder.build({ domaincheckpoint: doc }) as string;
+  return buildXmlDocument('domaincheckpoint', doc);
 }
 
 export interface CheckpointDisk {

@@ -4,7 +4,7 @@
  * and order matters little, so an element here is just its name, its
  * attributes, its child elements in document order, and its text. Pure, no I/O.
  */
-import { XMLParser, XMLValidator } from 'fast-xml-parser';
+import { XMLBuilder, XMLParser, XMLValidator } from 'fast-xml-parser';
 
 /** A document is not well-formed XML, or lacks what its reader needs. */
 export class XmlDocumentError extends Error {
@@ -110,4 +110,17 @@ export function parseXmlDocument(xml: string, source: string, rootName: string):
   const root = roots[0];
   if (root.name !== rootName) throw new XmlDocumentError(source, `root element is <${root.name}>, expected <${rootName}>`);
   return root;
+}
+
+const builder = new XMLBuilder({
+  ignoreAttributes: false,
+  attributeNamePrefix: '@_',
+  format: true,
+  indentBy: '  ',
+  suppressEmptyNode: true,
+});
+
+/** Serializes a fast-xml-parser object (attributes as `@_name`) under `rootName`, indented as libvirt writes XML. */
+export function buildXmlDocument(rootName: string, content: Record<string, unknown>): string {
+  return builder.build({ [rootName]: content }) as string;
 }
