@@ -9,6 +9,7 @@ say() { echo "host-setup: $*"; }
 PACKAGES=(
   qemu-utils qemu-system-x86 libvirt-daemon-system libvirt-clients
   nbdkit libnbd-bin virtnbdbackup ovmf openssh-server
+  e2fsprogs
 )
 
 missing=()
