@@ -65,3 +65,36 @@ export { TlsCredentialsError, type ServerTlsOptions } from './nbd/server-tls.js'
 
 // libvirt.
 export * from './libvirt/index.js';
+
+// Restore: restore(), dump and verify, and their pure planning.
+export { restore } from './restore/restore.js';
+export type { RestoreOptions, RestoreContext, RestoreResult, RestoredImage, RestoreAction, ProgressSink } from './restore/options.js';
+export * from './restore/errors.js';
+export { planDiskChain, planSequence, StreamingChain, chainRole, type ChainFile, type ChainRole, type DiskChain, type ChainOptions, type ChainDecision } from './restore/chain.js';
+export { adjustDomainConfig, restoredDomainName, DomainConfigError, type AdjustConfigOptions, type AdjustedConfig, type RestoredDiskImage } from './restore/config.js';
+export { VerifyError } from './restore/verify.js';
+export { createImage, imageInfo, convertImage, QemuImgError, type QemuImageInfo } from './qemu/qemuImg.js';
+export { QemuNbdServer, QemuNbdError, type QemuNbdOptions, type QemuCacheMode } from './qemu/qemuNbd.js';
+
+// Backup: backup() and what it is made of.
+export { backup, type BackupRequest, type BackupContext, type BackupResult } from './backup/backup.js';
+export { BackupError, BackupInterruptedError, type BackupProblem } from './backup/errors.js';
+export { planBackup, BackupPlanError, type BackupPlan, type BackupPlanInput, type Level, type OutputType } from './backup/level.js';
+export { RecordingLogger, silentLogger, type BackupLogger } from './backup/log.js';
+export { backupDisk, type DiskBackupSpec, type DiskBackupResult, type DiskProgress } from './backup/diskBackup.js';
+export { BackupJob } from './backup/job.js';
+export { DirectoryOutput, ZipOutput, type SetOutput } from './backup/output.js';
+export { ZeroAsData, type ZeroAsDataOptions } from '../streams/ZeroAsData.js';
+export { RawImageSink, RawImageSinkError, type RawImageSinkOptions } from '../streams/RawImageSink.js';
+export { ProgressTap } from '../streams/ProgressTap.js';
+
+// Map: serve a backup chain over NBD (virtnbdmap), its index, export and overlay.
+export { map, type MapOptions, type MapContext, type Mapping, type MappedDisk } from './map/map.js';
+export { ChainIndex, overlayRanges, type Frame, type Lz4Piece, type MappedRange, type Segment, type ChainIndexStats } from './map/chainIndex.js';
+export { scanStream, DEFAULT_UNIT_SIZE, type ScannedStream, type ScanOptions, type PayloadLocation } from './map/scan.js';
+export { loadChains, type LoadedChain, type LoadOptions } from './map/chains.js';
+export { ChainExport, type ChainExportOptions, type ChainFileHandle, type CorruptFrame } from './map/chainExport.js';
+export { CowOverlay, type CowOverlayOptions } from './map/overlay.js';
+export { PieceCache, type PieceCacheOptions, type PieceCacheStats } from './map/pieceCache.js';
+export { instantDomainConfig, type InstantConfig, type InstantConfigOptions, type InstantDisk, type BootFilePaths } from './map/bootConfig.js';
+export { MapError, MapInputError, MapChainError, BootError } from './map/errors.js';

@@ -11,6 +11,9 @@
  * `readableHighWaterMark` (default 2) finished chunks, so memory stays below
  * (inFlight + 2) x requestSize. Reads go out concurrently and are emitted in
  * order. A failed read (NbdError with the server's errno) destroys the stream.
+ * A consumer done with a chunk may hand its data back with release(): the
+ * buffer is then reused for a later read (at most `inFlight` + 4 are kept),
+ * which spares allocating and page-faulting fresh memory per request.
  */
 import { Transform, type TransformCallback } from 'node:stream';
 import type { Chunk } from '../lib/chunk.js';
@@ -48,6 +51,11 @@ export class NbdReader extends Transform {
   private resumeRead?: () => void;
   /** Bytes of data read so far. */
   bytesRead = 0;
+  /** Released data buffers (each requestSize bytes) waiting for reuse. */
+  private readonly spare: Buffer[] = [];
+  private readonly spareLimit: number;
+  /** Data buffers handed out, by their memory; weak, so unreleased ones are simply collected. */
+  private readonly lent = new WeakMap<ArrayBufferLike, Buffer>();
 
   constructor(client: NbdBlockDevice, opts: NbdReaderOptions = {}) {
     super({ objectMode: true, readableHighWaterMark: opts.readableHighWaterMark ?? 2, writableHighWaterMark: 16 });
@@ -56,6 +64,26 @@ export class NbdReader extends Transform {
     const size = Math.min(opts.requestSize ?? DEFAULT_REQUEST_SIZE, client.maxRequestSize);
     // Keep pieces aligned to the server's minimum block size.
     this.requestSize = Math.max(size - (size % client.minimumBlockSize), client.minimumBlockSize);
+    this.spareLimit = this.inFlight + 4;
+  }
+
+  /**
+   * Give back a chunk's `data` for reuse. Only when nothing (nor any view
+   * of it) will read it again: the next read overwrites it. Buffers this
+   * reader did not hand out, or already got back, are ignored.
+   */
+  release(data: Buffer): void {
+    const whole = this.lent.get(data.buffer);
+    if (!whole) return;
+    this.lent.delete(data.buffer);
+    if (this.spare.length < this.spareLimit && !this.destroyed) this.spare.push(whole);
+  }
+
+  /** A requestSize buffer for the next read: a released one, else a new one (with memory of its own, so `lent` can key on it). */
+  private takeBuffer(): Buffer {
+    const buf = this.spare.pop() ?? Buffer.allocUnsafeSlow(this.requestSize);
+    this.lent.set(buf.buffer, buf);
+    return buf;
   }
 
   override _transform(extent: Extent, _enc: BufferEncoding, cb: TransformCallback): void {
@@ -76,6 +104,7 @@ export class NbdReader extends Transform {
   override _destroy(err: Error | null, cb: (error?: Error | null) => void): void {
     // Reads in flight cannot be recalled; their results are dropped.
     this.slots.length = 0;
+    this.spare.length = 0;
     const resume = this.resumeRead;
     this.resumeRead = undefined;
     resume?.();
@@ -106,7 +135,8 @@ export class NbdReader extends Transform {
 
   private readPiece(offset: number, length: number, frame?: { offset: number; length: number }): Promise<Chunk> {
     this.reading++;
-    const p = this.client.read(offset, length).then(
+    const into = this.takeBuffer();
+    const p = this.client.read(offset, length, into).then(
       (data) => {
         this.reading--;
         this.bytesRead += length;
@@ -116,6 +146,7 @@ export class NbdReader extends Transform {
       },
       (err: Error) => {
         this.reading--;
+        this.release(into);
         throw err;
       },
     );

@@ -301,3 +301,14 @@ test('workers: default one per disk, at least 1, at most the disks, 1 for stdout
   t.is(planBackup(input({ worker: 8 })).workers, 2);
   t.is(planBackup(input({ stdout: true })).workers, 1);
 });
+
+test('a second differential backup within the same second is refused before anything starts', (t) => {
+  const set = backupSet(3);
+  const unix = String(Math.floor(NOW.getTime() / 1000));
+  refused(
+    t,
+    { level: 'diff', ...set, targetFiles: [...set.targetFiles, `vda.diff.${unix}.data`], libvirtCheckpoints: range(3).map(live) },
+    'target-not-empty',
+    new RegExp(`vda\\.diff\\.${unix}\\.data exists already.*Wait a second`),
+  );
+});

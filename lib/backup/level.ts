@@ -483,6 +483,17 @@ export function planBackup(input: BackupPlanInput): BackupPlan {
   const ident = backupIdent(level, checkpoint.name, input.now);
   const targets = disks.backup.map((disk) => diskTarget(disk, level, ident, offline ? checkpoint.name : undefined, input.type));
 
+  if (level === 'diff') {
+    // A diff is named after the second it starts: two in one second would clash.
+    const clash = targets.find((t) => input.targetFiles.includes(t.dataFile));
+    if (clash !== undefined) {
+      throw new BackupPlanError(
+        'target-not-empty',
+        `${clash.dataFile} exists already: a differential backup started within the same second. Wait a second and run it again.`,
+      );
+    }
+  }
+
   if (offline && level === 'inc') {
     const existing = targets.find((t) => input.targetFiles.includes(t.dataFile));
     if (existing !== undefined) {

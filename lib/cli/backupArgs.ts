@@ -256,7 +256,6 @@ export const BACKUP_OPTIONS_NOT_YET: ReadonlySet<string> = new Set([
   '--nbd-ip',
   '--tls',
   '--tls-cert',
-  '--syslog',
   '--qemu',
   '--startonly',
   '--killonly',

@@ -1,13 +1,24 @@
 import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
-/** The package version, read once from package.json. */
+/**
+ * The package version from virtnbd's package.json, found by walking up from
+ * this module: it sits two levels up in a checkout (lib/cli) and three in
+ * the build (dist/lib/cli).
+ */
 export function packageVersion(): string {
-  const url = new URL('../../../package.json', import.meta.url);
-  try {
-    return (JSON.parse(readFileSync(url, 'utf8')) as { version: string }).version;
-  } catch {
-    return 'unknown';
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    try {
+      const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { name?: string; version?: string };
+      if (pkg.name === 'virtnbd' && pkg.version) return pkg.version;
+    } catch {
+      // not here: look one level up
+    }
+    dir = dirname(dir);
   }
+  return 'unknown';
 }
 
 /**

@@ -70,6 +70,18 @@ export class ByteQueue {
     return b.readUInt32BE(at);
   }
 
+  /**
+   * Replace the newest buffer by a copy of its unconsumed bytes, because its
+   * memory is about to be reused (a transport's scratch buffer).
+   */
+  copyLast(): void {
+    const i = this.chunks.length - 1;
+    if (i < 0) return;
+    const start = i === 0 ? this.head : 0;
+    this.chunks[i] = Buffer.from(this.chunks[i].subarray(start));
+    if (i === 0) this.head = 0;
+  }
+
   /** Remove and return everything queued. */
   drain(): Buffer[] {
     const out = this.chunks.map((c, i) => (i === 0 ? c.subarray(this.head) : c));

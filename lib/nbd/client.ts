@@ -113,12 +113,10 @@ export class NbdClient implements NbdBlockDevice {
     });
     this._state = 'transmission';
     transport.onClose((err) => this.onTransportClose(err));
-    transport.beginStreaming((buf) => {
-      try {
-        this.parser.feed(buf);
-      } catch (err) {
-        this.kill(err as Error);
-      }
+    transport.beginStreaming({
+      feed: (buf, transient) => this.parse(() => this.parser.feed(buf, transient)),
+      target: () => (this._state === 'dead' ? undefined : this.parser.directTarget()),
+      landed: (n) => this.parse(() => this.parser.landed(n)),
     });
   }
 
@@ -277,12 +275,18 @@ export class NbdClient implements NbdBlockDevice {
 
   // ---- commands ----------------------------------------------------------
 
-  /** NBD_CMD_READ: `length` bytes at `offset` (length <= maxRequestSize). Holes come back as zeroes. */
-  read(offset: number, length: number): Promise<Buffer> {
+  /**
+   * NBD_CMD_READ: `length` bytes at `offset` (length <= maxRequestSize).
+   * Holes come back as zeroes. With `into`, the bytes land in its first
+   * `length` bytes (a buffer the caller reuses) and the result is that view;
+   * do not touch `into` until the promise settles.
+   */
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
     return this.guard(() => {
       this.checkRange(NBD_CMD_READ, offset, length, true);
       if (length > this.maxRequestSize) throw new NbdUsageError(`NBD_CMD_READ of ${length} bytes exceeds the maximum request size ${this.maxRequestSize}`);
-      const buffer = Buffer.allocUnsafe(length);
+      if (into && into.length < length) throw new NbdUsageError(`NBD_CMD_READ of ${length} bytes into a buffer of ${into.length} bytes`);
+      const buffer = into ? into.subarray(0, length) : Buffer.allocUnsafe(length);
       return this.submit<Buffer>(NBD_CMD_READ, 0, offset, length, { buffer, result: () => buffer });
     });
   }
@@ -497,6 +501,15 @@ export class NbdClient implements NbdBlockDevice {
     if (req.serverErrno === NBD_ESHUTDOWN && this._state === 'transmission') void this.disconnect();
     if (this.inflight.size === 0) {
       for (const w of this.idleWaiters.splice(0)) w();
+    }
+  }
+
+  /** Run the reply parser; a protocol violation kills the connection. */
+  private parse(step: () => void): void {
+    try {
+      step();
+    } catch (err) {
+      this.kill(err as Error);
     }
   }
 

@@ -54,7 +54,8 @@ export async function withHandshake<T>(
   body: (io: HandshakeIO, t: Transport, r: ResolvedTarget) => Promise<T>,
 ): Promise<T> {
   const r = resolveTarget(target, opts);
-  const t = await Transport.connect(r.connect);
+  // TLS needs a plain stream socket to wrap; otherwise READ payloads are received in place.
+  const t = await Transport.connect(r.connect, { directReads: !r.tls });
   const ms = opts.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT;
   const timer = setTimeout(() => {
     t.destroy(new NbdHandshakeError(`no answer from the NBD server at ${t.peer} within ${ms} ms during the handshake`));

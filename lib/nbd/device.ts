@@ -14,7 +14,8 @@ export interface NbdBlockDevice {
   /** Requests sent and not yet answered (over all connections). */
   readonly inFlight: number;
   canMetaContext(name: string): boolean;
-  read(offset: number, length: number): Promise<Buffer>;
+  /** `length` bytes at `offset`; with `into`, landing in (and returning a view of) that buffer. */
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer>;
   write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void>;
   writeZeroes(offset: number, length: number, opts?: WriteZeroesOptions): Promise<void>;
   flush(): Promise<void>;

@@ -85,8 +85,8 @@ export class NbdPool implements NbdBlockDevice {
     return p;
   }
 
-  read(offset: number, length: number): Promise<Buffer> {
-    return this.pick().read(offset, length);
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    return this.pick().read(offset, length, into);
   }
   write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void> {
     return this.tracked(this.pick().write(offset, data, opts));

@@ -4,7 +4,11 @@
  *
  * - Handshake mode: `readExact(n)` resolves with exactly n bytes.
  * - Transmission mode: every received buffer goes to a sink (the reply
- *   parser) as it arrives.
+ *   parser) as it arrives. Plain (non-TLS) connections read with the
+ *   socket's `onread` option: the sink may name the buffer the next read
+ *   lands in (the unfilled part of a READ payload), so payloads go from
+ *   the kernel straight into the caller's buffer; other bytes arrive in a
+ *   small scratch buffer that is reused, so the sink copies what it keeps.
  * - `send(buffers)` writes one message atomically; once the socket's buffer
  *   is full (write() returned false) further messages wait, in order, for
  *   'drain'. The wait queue holds one entry per caller request, so it is
@@ -19,6 +23,27 @@ import { startTls, type NbdTlsOptions } from './tls.js';
 /** More than this many unread bytes during the handshake means a broken server. */
 const HANDSHAKE_BUFFER_LIMIT = 2 * 64 * 1024 * 1024;
 
+/**
+ * Reads that are not straight into a payload (reply headers, small
+ * payloads) use a scratch buffer of this size. Small, because a header read
+ * also picks up the start of the payload behind it, and those bytes are
+ * copied; large enough that replies without a payload come many per read.
+ */
+const SCRATCH_SIZE = Number(process.env.XP_SCRATCH ?? 16 * 1024); // XP
+
+/** Where transmission-phase bytes go (the reply parser). */
+export interface StreamSink {
+  /**
+   * Bytes received. `transient`: `buf` is the transport's scratch memory,
+   * overwritten by the next read, so the sink must copy what it keeps.
+   */
+  feed(buf: Buffer, transient: boolean): void;
+  /** A buffer the next read may fill directly, or undefined (then bytes come to feed()). */
+  target(): Buffer | undefined;
+  /** `n` bytes were read straight into the buffer target() returned last. */
+  landed(n: number): void;
+}
+
 interface Waiting {
   bufs: Buffer[];
   resolve: () => void;
@@ -26,10 +51,14 @@ interface Waiting {
 }
 
 export class Transport {
-  private socket: Duplex;
+  private socket!: Duplex;
   private readonly q = new ByteQueue();
   private reader?: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void };
-  private sink?: (buf: Buffer) => void;
+  private sink?: StreamSink;
+  /** onread mode: the reused buffer for reads not aimed at a payload. */
+  private scratch?: Buffer;
+  /** onread mode: the sink's buffer the pending read was aimed at. */
+  private direct?: Buffer;
   private blocked = false;
   private readonly waiting: Waiting[] = [];
   private closedWith?: Error;
@@ -38,17 +67,32 @@ export class Transport {
   /** A description of the peer for messages (socket path or host:port). */
   readonly peer: string;
 
-  constructor(socket: Duplex, peer: string) {
-    this.socket = socket;
+  private constructor(peer: string) {
     this.peer = peer;
-    this.attach(socket);
   }
 
-  /** Connect to a unix socket path or a TCP host/port. */
-  static async connect(target: { socket: string } | { host: string; port: number }): Promise<Transport> {
+  /**
+   * Connect to a unix socket path or a TCP host/port. `directReads`: read
+   * with `onread` (payloads land in place); not for connections that will
+   * upgrade to TLS, whose socket must stay a plain stream.
+   */
+  static async connect(target: { socket: string } | { host: string; port: number }, opts: { directReads?: boolean } = {}): Promise<Transport> {
     const peer = 'socket' in target ? target.socket : `${target.host}:${target.port}`;
+    const t = new Transport(peer);
+    const where = 'socket' in target ? { path: target.socket } : { host: target.host, port: target.port };
+    let onread: net.OnReadOpts | undefined;
+    if (opts.directReads) {
+      t.scratch = Buffer.allocUnsafe(SCRATCH_SIZE);
+      onread = {
+        buffer: () => t.nextReadBuffer(),
+        callback: (n, buf) => {
+          t.onRead(n, buf as Buffer);
+          return true; // keep reading: the parser never holds more than one incomplete message
+        },
+      };
+    }
     const sock = await new Promise<net.Socket>((resolve, reject) => {
-      const s = 'socket' in target ? net.createConnection({ path: target.socket }) : net.createConnection({ host: target.host, port: target.port });
+      const s = net.createConnection({ ...where, onread });
       const onError = (err: NodeJS.ErrnoException): void => {
         s.destroy();
         reject(new NbdConnectionError(`cannot connect to NBD server at ${peer}: ${err.message}`, { cause: err }));
@@ -60,7 +104,9 @@ export class Transport {
       });
     });
     sock.setNoDelay(true);
-    return new Transport(sock, peer);
+    t.socket = sock;
+    t.attach(sock);
+    return t;
   }
 
   get closed(): boolean {
@@ -77,9 +123,28 @@ export class Transport {
     else this.closeListeners.push(listener);
   }
 
+  /** onread mode: the buffer the next read fills. */
+  private nextReadBuffer(): Buffer {
+    this.direct = process.env.XP_DIRECT === '0' ? undefined : this.sink?.target(); // XP
+    return this.direct ?? (this.scratch as Buffer);
+  }
+
+  /** onread mode: `n` bytes arrived in `buf` (a payload target or the scratch buffer). */
+  private onRead(n: number, buf: Buffer): void {
+    if (this.closedWith) return;
+    if (buf === this.direct) {
+      this.direct = undefined;
+      this.sink?.landed(n);
+    } else if (this.sink) {
+      this.sink.feed(buf.subarray(0, n), true);
+    } else {
+      this.onData(Buffer.from(buf.subarray(0, n)));
+    }
+  }
+
   private readonly onData = (buf: Buffer): void => {
     if (this.sink) {
-      this.sink(buf);
+      this.sink.feed(buf, false);
       return;
     }
     this.q.push(buf);
@@ -203,9 +268,9 @@ export class Transport {
   }
 
   /** Switch to transmission mode: all further bytes (and any already queued) go to `sink`. */
-  beginStreaming(sink: (buf: Buffer) => void): void {
+  beginStreaming(sink: StreamSink): void {
     this.sink = sink;
-    for (const b of this.q.drain()) sink(b);
+    for (const b of this.q.drain()) sink.feed(b, false);
   }
 
   /** Polite close: flush what was written, end, and wait for the server to close (destroying after `graceMs`). */

@@ -1,0 +1,82 @@
+/**
+ * Reaching the domain to back up: open the libvirt connection, make sure
+ * the domain lives on this host (the NBD socket and the disk images must
+ * be local until remote backups land), look the domain up and check that
+ * it runs. Each refusal is a BackupError naming the domain and the URI.
+ */
+import { hostname } from 'node:os';
+import { Hypervisor } from '../libvirt/hypervisor.js';
+import type { Domain } from '../libvirt/domain.js';
+import { LibvirtError, VIR_ERR_NO_DOMAIN } from '../libvirt/errors.js';
+import { BackupError, messageOf } from './errors.js';
+import type { BackupLogger } from './log.js';
+
+export interface DomainSession {
+  hypervisor: Hypervisor;
+  domain: Domain;
+}
+
+/** Connect to `uri`; throws BackupError('libvirt') naming the URI. */
+export async function connectHypervisor(uri: string, log: BackupLogger): Promise<Hypervisor> {
+  let hypervisor: Hypervisor;
+  try {
+    hypervisor = new Hypervisor(uri);
+  } catch (e) {
+    throw new BackupError('libvirt', `Invalid libvirt URI ${uri}: ${messageOf(e)}`, { cause: e });
+  }
+  try {
+    await hypervisor.connect();
+  } catch (e) {
+    throw new BackupError('libvirt', `Cannot connect to libvirt at ${uri}: ${messageOf(e)}`, { cause: e });
+  }
+  try {
+    log.info(`Libvirt library version: [${await hypervisor.getLibVersion()}]`);
+  } catch (e) {
+    await hypervisor.close();
+    throw new BackupError('libvirt', `libvirt at ${uri} does not answer: ${messageOf(e)}`, { cause: e });
+  }
+  return hypervisor;
+}
+
+/**
+ * A URI with a host may still name this machine (qemu+ssh://root@localhost);
+ * as virtnbdbackup does, compare the daemon's host name with ours.
+ */
+async function refuseRemote(hypervisor: Hypervisor): Promise<void> {
+  if (hypervisor.uri.transport === 'unix') return;
+  const remote = await hypervisor.getHostname();
+  if (remote === hostname()) return;
+  throw new BackupError(
+    'not-yet',
+    `Domain host ${remote} (${hypervisor.uri.uri}) is not this machine (${hostname()}): backing up a remote domain ` +
+      '(NBD over TCP, copying its files over ssh) is not implemented in this version of virtnbd yet.',
+  );
+}
+
+/** Look up `name` and check that it runs; closes the connection when it fails. */
+export async function openDomainSession(uri: string, name: string, log: BackupLogger): Promise<DomainSession> {
+  const hypervisor = await connectHypervisor(uri, log);
+  try {
+    await refuseRemote(hypervisor);
+    let domain: Domain;
+    try {
+      domain = await hypervisor.lookupDomainByName(name);
+    } catch (e) {
+      if (e instanceof LibvirtError && e.code === VIR_ERR_NO_DOMAIN) {
+        throw new BackupError('domain-not-found', `Domain ${name} not found at ${uri}: ${e.message}`, { cause: e });
+      }
+      throw new BackupError('libvirt', `Cannot look up domain ${name} at ${uri}: ${messageOf(e)}`, { cause: e });
+    }
+    if (!(await domain.isActive())) {
+      throw new BackupError(
+        'domain-not-running',
+        `Domain ${name} is not running: backups of shut-off domains (offline backups) are not implemented in this version of virtnbd yet. ` +
+          'Start the domain to back it up.',
+      );
+    }
+    return { hypervisor, domain };
+  } catch (e) {
+    await hypervisor.close();
+    throw e;
+  }
+}

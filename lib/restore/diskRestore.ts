@@ -1,0 +1,223 @@
+/**
+ * One disk's new image while it is being rebuilt: a qcow2 file made by
+ * qemu-img (the source's virtual size and qcow2 options), served by a
+ * qemu-nbd of ours on a unix socket in a private directory, written through
+ * our NBD client. Each data file is applied by the pipeline
+ *
+ *     bytes -> ChecksumTap -> SparseParser -> Lz4Decompress -> ProgressTap -> NbdWriter
+ *
+ * On the fresh image zero frames and unallocated ranges are simply not
+ * written (the new qcow2 reads as zero there and stays thin); later files
+ * (inc, diff) may zero ranges that hold older data, so for them zero
+ * frames become NBD write-zeroes. The data file's adler32 is checked
+ * against its `.chksum` when there is one.
+ *
+ * qemu-nbd runs with --cache=unsafe (flushes are no-ops, which is what
+ * makes it fast); durability comes from close(): the client disconnects,
+ * qemu-nbd closes the image and exits (status 0 required), then we fsync
+ * the file ourselves. The image lives under a temporary name; the caller
+ * moves it to its final name (commitImage) only after close() succeeded,
+ * and discard() removes it, and the server, whatever state they are in.
+ */
+import { link, open, rename, rm, stat, unlink } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { StreamMetadata } from '../format/metadata.js';
+import { NbdClient } from '../nbd/client.js';
+import { createImage } from '../qemu/qemuImg.js';
+import { QemuNbdServer } from '../qemu/qemuNbd.js';
+import { ChecksumTap } from '../../streams/ChecksumTap.js';
+import { Lz4Decompress } from '../../streams/Lz4Decompress.js';
+import { NbdWriter } from '../../streams/NbdWriter.js';
+import { ProgressTap } from '../../streams/ProgressTap.js';
+import { SparseParser } from '../../streams/SparseParser.js';
+import { ChecksumMismatchError, RestoreError, TargetExistsError } from './errors.js';
+
+export interface DiskImageOptions {
+  /** Disk target (vda), for messages and as the NBD export name. */
+  disk: string;
+  /** The image file to create (a temporary name). */
+  path: string;
+  virtualSize: number;
+  /** `qemu-img create -o` options (cluster_size, compat...). */
+  createOptions?: ReadonlyArray<readonly [string, string]>;
+  /** -A: fully preallocate the image. */
+  preallocate?: boolean;
+  /** Unix socket for qemu-nbd, inside a private directory. */
+  socket: string;
+}
+
+export interface ApplyOptions {
+  /** The image still reads as zero everywhere (nothing applied yet): zero frames need no writes. */
+  fresh: boolean;
+  /** adler32 from the file's `.chksum`, checked once all bytes have passed. */
+  expectedChecksum?: number;
+  /** The metadata read when the restore was planned: the file must still say the same. */
+  expectedMetadata?: StreamMetadata;
+  /** Called with the uncompressed length of each data chunk written. */
+  onData?: (bytes: number) => void;
+  signal?: AbortSignal;
+}
+
+export interface ApplyResult {
+  metadata: StreamMetadata;
+  dataBytes: number;
+  zeroedBytes: number;
+  checksum: number;
+}
+
+/** A data file could not be applied: its stream is damaged or the image refused a write. */
+export class ApplyError extends RestoreError {
+  override readonly name: string = 'ApplyError';
+}
+
+async function fsyncPath(path: string, flags = 'r'): Promise<void> {
+  const handle = await open(path, flags);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+export class DiskImage {
+  private closed = false;
+
+  private constructor(
+    readonly disk: string,
+    readonly path: string,
+    readonly size: number,
+    private readonly server: QemuNbdServer,
+    private readonly client: NbdClient,
+  ) {}
+
+  /** Create the image, start qemu-nbd on it and connect. On failure nothing is left behind. */
+  static async create(opts: DiskImageOptions): Promise<DiskImage> {
+    const createOptions: Array<readonly [string, string]> = [...(opts.createOptions ?? [])];
+    if (opts.preallocate) createOptions.push(['preallocation', 'full']);
+    await createImage(opts.path, { format: 'qcow2', size: opts.virtualSize, options: createOptions });
+    let server: QemuNbdServer | undefined;
+    try {
+      server = await QemuNbdServer.start({
+        image: opts.path,
+        format: 'qcow2',
+        socket: opts.socket,
+        exportName: opts.disk,
+        cache: 'unsafe',
+        discard: 'unmap',
+      });
+      const client = await connectWithRetry(opts.socket, opts.disk);
+      if (client.size < opts.virtualSize) {
+        await client.disconnect();
+        throw new RestoreError(`qemu-nbd serves ${opts.path} with ${client.size} bytes, expected ${opts.virtualSize}`);
+      }
+      return new DiskImage(opts.disk, opts.path, client.size, server, client);
+    } catch (error) {
+      await server?.stop();
+      await rm(opts.path, { force: true });
+      throw error;
+    }
+  }
+
+  /** Apply one data file's stream to the image. */
+  async apply(source: Readable, file: string, opts: ApplyOptions): Promise<ApplyResult> {
+    const tap = new ChecksumTap();
+    const parser = new SparseParser();
+    const writer = new NbdWriter(this.client, { targetIsZero: opts.fresh, inFlight: 16 });
+    const progress = new ProgressTap((n) => opts.onData?.(n));
+    let mismatch: string | undefined;
+    parser.once('metadata', (m: StreamMetadata) => {
+      const e = opts.expectedMetadata;
+      if (e && (m.diskName !== e.diskName || m.checkpointName !== e.checkpointName || m.date !== e.date)) {
+        mismatch = `${file} changed since the restore was planned (its metadata now says disk ${m.diskName}, checkpoint ${m.checkpointName}, date ${m.date})`;
+        parser.destroy(new ApplyError(mismatch));
+      } else if (m.virtualSize > this.size) {
+        mismatch = `${file} is for a disk of ${m.virtualSize} bytes, larger than the image being restored (${this.size} bytes)`;
+        parser.destroy(new ApplyError(mismatch));
+      }
+    });
+    try {
+      await pipeline(source, tap, parser, new Lz4Decompress(), progress, writer, opts.signal ? { signal: opts.signal } : {});
+    } catch (error) {
+      if (error instanceof RestoreError) throw error;
+      const err = error as Error;
+      if (err.name === 'AbortError') throw err;
+      throw new ApplyError(`${file}: ${err.message}`, { cause: err });
+    }
+    if (opts.expectedChecksum !== undefined && tap.checksum !== opts.expectedChecksum) {
+      throw new ChecksumMismatchError(file, opts.expectedChecksum, tap.checksum);
+    }
+    return { metadata: parser.metadata!, dataBytes: writer.bytesWritten, zeroedBytes: writer.bytesZeroed, checksum: tap.checksum };
+  }
+
+  /** Disconnect, let qemu-nbd close the image and exit cleanly, then fsync the image: it is complete and on disk. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      await this.client.disconnect();
+      await this.server.finish();
+    } catch (error) {
+      await this.server.stop();
+      throw error;
+    }
+    await fsyncPath(this.path);
+  }
+
+  /** Stop everything and remove the image. Never throws. */
+  async discard(): Promise<void> {
+    this.closed = true;
+    this.client.destroy();
+    await this.server.stop();
+    await rm(this.path, { force: true }).catch(() => undefined);
+  }
+}
+
+/** qemu-nbd creates its socket just before it listens: a refused first connection is retried briefly. */
+async function connectWithRetry(socket: string, exportName: string): Promise<NbdClient> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await NbdClient.connect({ socket }, { exportName });
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code ?? ((error as Error).cause as NodeJS.ErrnoException | undefined)?.code;
+      if (attempt >= 20 || (code !== 'ECONNREFUSED' && code !== 'ENOENT')) throw error;
+      await sleep(25);
+    }
+  }
+}
+
+/**
+ * Move a complete image (or any restored file) from its temporary name to
+ * its final one, then fsync the directory so the new name is durable.
+ * Without `overwrite`, an existing file under the final name is refused
+ * (atomically: link() fails if the name exists) and the temporary file is
+ * left for the caller to remove.
+ */
+export async function commitFile(temp: string, final: string, options: { overwrite?: boolean } = {}): Promise<void> {
+  if (options.overwrite) {
+    await rename(temp, final);
+  } else {
+    try {
+      await link(temp, final);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'EEXIST') {
+        throw new TargetExistsError(`${final} exists already; not overwriting it (use --overwrite to replace it)`);
+      }
+      throw error;
+    }
+    await unlink(temp);
+  }
+  await fsyncPath(dirname(final));
+}
+
+/** True if `path` exists (any kind of file). */
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
