@@ -119,18 +119,20 @@ export async function restoreFromSet(reader: BackupSetReader, options: RestoreOp
   } else {
     logger.warn(`No domain config (vmconfig.<ident>.xml) in ${reader.label}: images are named after their disks`);
   }
+  const leftOut = new Set<string>();
   for (const plan of [...plans.values()]) {
     const configured = domain?.disks.find((d) => d.target === plan.disk);
     if (configured?.format === 'raw' && !options.raw && !sequence) {
       logger.warn(`Disk ${plan.disk} is a raw disk: not restored (use --raw to copy it as it is)`);
       plans.delete(plan.disk);
+      leftOut.add(plan.disk);
     } else if (domain && !configured) {
       logger.warn(`Disk ${plan.disk} is not in ${vmConfigName}; restoring it anyway`);
     }
   }
   if (plans.size === 0) throw new RestoreError('Nothing to restore: every disk with data files was left out');
   for (const d of domain?.disks ?? []) {
-    if (d.device === 'disk' && !plans.has(d.target) && (options.disk === undefined || options.disk === d.target)) {
+    if (d.device === 'disk' && !plans.has(d.target) && !leftOut.has(d.target) && !sequence && (options.disk === undefined || options.disk === d.target)) {
       logger.warn(`No backup file for disk [${d.target}] found, assuming it has been excluded.`);
     }
   }

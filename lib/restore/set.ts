@@ -11,10 +11,11 @@
  */
 import { createReadStream } from 'node:fs';
 import { open, readdir, stat } from 'node:fs/promises';
-import { join, relative, sep } from 'node:path';
+import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { FRAME_HEADER_LENGTH, parseFrameHeader } from '../format/frameHeader.js';
 import { decodeMetadataJson, normalizeMetadata, type StreamMetadata } from '../format/metadata.js';
+import { CHECKPOINT_DIR } from '../format/naming.js';
 import { ZipSource } from '../../streams/ZipSource.js';
 import { BackupSetError, RestoreError } from './errors.js';
 import { safeEntryName } from './setFiles.js';
@@ -85,17 +86,19 @@ class DirectorySet implements BackupSetReader {
   ) {}
 
   static async open(dir: string): Promise<DirectorySet> {
-    let entries;
+    // A set is flat, but for checkpoints/: no deeper walk (a mistyped -i / must not scan the disk).
+    const list = async (sub: string): Promise<string[]> => {
+      const entries = await readdir(join(dir, sub), { withFileTypes: true });
+      return entries.filter((e) => e.isFile()).map((e) => (sub ? `${sub}/${e.name}` : e.name));
+    };
+    let names: string[];
     try {
-      entries = await readdir(dir, { recursive: true, withFileTypes: true });
+      names = await list('');
     } catch (error) {
       throw new BackupSetError(`Cannot list backup directory ${dir}: ${(error as Error).message}`);
     }
-    const names = entries
-      .filter((e) => e.isFile())
-      .map((e) => relative(dir, join(e.parentPath ?? e.path, e.name)).split(sep).join('/'))
-      .sort();
-    return new DirectorySet(dir, names);
+    names.push(...(await list(CHECKPOINT_DIR).catch(() => [] as string[])));
+    return new DirectorySet(dir, names.sort());
   }
 
   async open(name: string): Promise<Readable> {
