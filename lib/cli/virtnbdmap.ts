@@ -9,42 +9,15 @@
 import { homedir } from 'node:os';
 import { map, type Mapping } from '../map/map.js';
 import { usageHints } from '../map/usage.js';
-import { ArgumentError } from './argParser.js';
-import { createLogger } from './logger.js';
+import { startCommand } from './startup.js';
 import { parseMapArgs } from './mapArgs.js';
-import { packageVersion } from './notYet.js';
 
 const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 
 export async function main(argv: string[]): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseMapArgs(argv, { home: process.env.HOME ?? homedir() });
-  } catch (error) {
-    if (error instanceof ArgumentError) {
-      process.stderr.write(error.format());
-      return error.exitCode;
-    }
-    throw error;
-  }
-  if (parsed.kind === 'help') {
-    process.stdout.write(parsed.text);
-    return 0;
-  }
-  if (parsed.kind === 'version') {
-    process.stdout.write(`${packageVersion()}\n`);
-    return 0;
-  }
-  const options = parsed.options;
-  const logger = createLogger({ verbose: options.verbose, color: options.noColor ? false : undefined, tag: 'virtnbdmap' });
-  try {
-    await logger.attachFile(options.logFile);
-  } catch (error) {
-    logger.error(`Failed to open logfile: [${(error as Error).message}].`);
-    await logger.close();
-    return 1;
-  }
-  logger.info(`Version: ${packageVersion()} Arguments: virtnbdmap ${argv.join(' ')}`);
+  const started = await startCommand('virtnbdmap', argv, () => parseMapArgs(argv, { home: process.env.HOME ?? homedir() }));
+  if ('exit' in started) return started.exit;
+  const { options, logger } = started;
   logger.info(`Logfile: [${options.logFile}]`);
   for (const ignored of ['--blocksize', '--threads']) {
     if (options.given.has(ignored)) logger.info(`${ignored} tuned virtnbdmap's nbdkit process; virtnbd serves the backup itself, so it has no effect`);

@@ -8,9 +8,7 @@
 import { homedir, userInfo } from 'node:os';
 import { restore } from '../restore/restore.js';
 import { RestoreAbortedError } from '../restore/errors.js';
-import { ArgumentError } from './argParser.js';
-import { createLogger } from './logger.js';
-import { packageVersion } from './notYet.js';
+import { startCommand } from './startup.js';
 import { createProgress } from './progress.js';
 import { parseRestoreArgs, restoreNotYetGiven } from './restoreArgs.js';
 
@@ -25,34 +23,9 @@ function currentUser(): string {
 }
 
 export async function main(argv: string[]): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseRestoreArgs(argv, { user: currentUser(), home: process.env.HOME ?? homedir(), pid: process.pid });
-  } catch (error) {
-    if (error instanceof ArgumentError) {
-      process.stderr.write(error.format());
-      return error.exitCode;
-    }
-    throw error;
-  }
-  if (parsed.kind === 'help') {
-    process.stdout.write(parsed.text);
-    return 0;
-  }
-  if (parsed.kind === 'version') {
-    process.stdout.write(`${packageVersion()}\n`);
-    return 0;
-  }
-  const options = parsed.options;
-  const logger = createLogger({ verbose: options.verbose, color: options.noColor ? false : undefined, tag: 'virtnbdrestore' });
-  try {
-    await logger.attachFile(options.logFile);
-  } catch (error) {
-    logger.error(`Failed to open logfile: [${(error as Error).message}].`);
-    await logger.close();
-    return 1;
-  }
-  logger.info(`Version: ${packageVersion()} Arguments: virtnbdrestore ${argv.join(' ')}`);
+  const started = await startCommand('virtnbdrestore', argv, () => parseRestoreArgs(argv, { user: currentUser(), home: process.env.HOME ?? homedir(), pid: process.pid }));
+  if ('exit' in started) return started.exit;
+  const { options, logger } = started;
   const notYet = restoreNotYetGiven(options);
   const remote = !/^qemu:\/\/\/(system|session)$/.test(options.uri ?? 'qemu:///system') && options.action === 'restore';
   if (notYet.length > 0 || remote) {

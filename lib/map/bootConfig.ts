@@ -10,7 +10,7 @@
  * socket paths in libvirt's per-domain directory, `vnet` tap names), which
  * libvirt then picks anew. Everything else stays as it was. Pure.
  */
-import { XMLBuilder, XMLParser } from 'fast-xml-parser';
+import { attr, buildOrdered, children, parseOrdered, removeNode, tagOf, type XmlNode } from '../xml/orderedXml.js';
 import { adjustDomainConfig } from '../restore/config.js';
 import { parseDomainXml } from '../xml/domain.js';
 
@@ -45,41 +45,7 @@ export interface InstantConfig {
   changes: string[];
 }
 
-type Node = Record<string, unknown>;
-
-const OPTIONS = {
-  preserveOrder: true,
-  ignoreAttributes: false,
-  attributeNamePrefix: '@_',
-  parseTagValue: false,
-  parseAttributeValue: false,
-  trimValues: false,
-  commentPropName: '#comment',
-  processEntities: true,
-  htmlEntities: true,
-} as const;
-
-const parser = new XMLParser(OPTIONS);
-const builder = new XMLBuilder({ ...OPTIONS, format: false, suppressEmptyNode: true });
-
-function tagOf(node: Node): string | undefined {
-  return Object.keys(node).find((k) => k !== ':@' && k !== '#text' && k !== '#comment');
-}
-
-function children(node: Node): Node[] {
-  const tag = tagOf(node);
-  const content = tag === undefined ? undefined : node[tag];
-  return Array.isArray(content) ? (content as Node[]) : [];
-}
-
-function attr(node: Node, name: string): string | undefined {
-  return (node[':@'] as Record<string, string> | undefined)?.[`@_${name}`];
-}
-
-function remove(list: Node[], victim: Node): void {
-  const at = list.indexOf(victim);
-  if (at >= 0) list.splice(at, 1);
-}
+type Node = XmlNode;
 
 /** libvirt's own per-domain directories: a path there belongs to the original domain's run. */
 const RUN_PATH = /\/libvirt\/qemu\/(channel|domain-)/;
@@ -90,7 +56,7 @@ export function instantDomainConfig(xml: string, options: InstantConfigOptions, 
   const name = options.name ?? `instant_${original}`;
   const adjusted = adjustDomainConfig(xml, { name, disks: options.disks.map((d) => ({ target: d.target, path: d.overlay, format: 'qcow2' })) }, source);
   const changes = [...adjusted.changes];
-  const tree = parser.parse(adjusted.xml) as Node[];
+  const tree = (parseOrdered(adjusted.xml) as { tree: Node[] }).tree;
   const domain = tree.find((n) => tagOf(n) === 'domain')!;
   const top = children(domain);
 
@@ -110,7 +76,7 @@ export function instantDomainConfig(xml: string, options: InstantConfigOptions, 
       const src = list.find((n) => tagOf(n) === 'source');
       const path = src && attr(src, 'path');
       if (src && path && RUN_PATH.test(path)) {
-        remove(list, src);
+        removeNode(list, src);
         changes.push(`channel ${path}: left for libvirt to choose`);
       }
     }
@@ -119,10 +85,10 @@ export function instantDomainConfig(xml: string, options: InstantConfigOptions, 
       const target = list.find((n) => tagOf(n) === 'target');
       const dev = target && attr(target, 'dev');
       if (target && dev && /^(vnet|macvtap)\d+$/.test(dev)) {
-        remove(list, target);
+        removeNode(list, target);
         changes.push(`interface ${dev}: tap name left for libvirt to choose`);
       }
     }
   }
-  return { xml: builder.build(tree) as string, name, original, changes };
+  return { xml: buildOrdered(tree), name, original, changes };
 }

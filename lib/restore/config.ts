@@ -8,7 +8,7 @@
  * included; raw-format disks stay only with --raw. Everything else is kept
  * as it was, in order (fast-xml-parser's order-preserving tree). Pure.
  */
-import { XMLBuilder, XMLParser, XMLValidator } from 'fast-xml-parser';
+import { attr, attributes, buildOrdered, child, children, parseOrdered, removeNode, tagOf, text, type XmlNode } from '../xml/orderedXml.js';
 import { RestoreError } from './errors.js';
 
 export interface RestoredDiskImage {
@@ -40,65 +40,7 @@ export class DomainConfigError extends RestoreError {
   override readonly name: string = 'DomainConfigError';
 }
 
-type Node = Record<string, unknown>;
-
-const OPTIONS = {
-  preserveOrder: true,
-  ignoreAttributes: false,
-  attributeNamePrefix: '@_',
-  parseTagValue: false,
-  parseAttributeValue: false,
-  trimValues: false,
-  commentPropName: '#comment',
-  processEntities: true,
-  htmlEntities: true,
-} as const;
-
-const parser = new XMLParser(OPTIONS);
-const builder = new XMLBuilder({ ...OPTIONS, format: false, suppressEmptyNode: true });
-
-function tagOf(node: Node): string | undefined {
-  return Object.keys(node).find((k) => k !== ':@' && k !== '#text' && k !== '#comment');
-}
-
-function children(node: Node): Node[] {
-  const tag = tagOf(node);
-  const content = tag === undefined ? undefined : node[tag];
-  return Array.isArray(content) ? (content as Node[]) : [];
-}
-
-function attributes(node: Node): Record<string, string> {
-  let attrs = node[':@'] as Record<string, string> | undefined;
-  if (!attrs) {
-    attrs = {};
-    node[':@'] = attrs;
-  }
-  return attrs;
-}
-
-function attr(node: Node, name: string): string | undefined {
-  return (node[':@'] as Record<string, string> | undefined)?.[`@_${name}`];
-}
-
-function child(node: Node, tag: string): Node | undefined {
-  return children(node).find((c) => tagOf(c) === tag);
-}
-
-function text(node: Node): string {
-  return children(node)
-    .map((c) => (typeof c['#text'] === 'string' || typeof c['#text'] === 'number' ? String(c['#text']) : ''))
-    .join('')
-    .trim();
-}
-
-/** Removes `victim` from `list`, with the whitespace before it, so the indentation stays tidy. */
-function remove(list: Node[], victim: Node): void {
-  const at = list.indexOf(victim);
-  if (at < 0) return;
-  const before = list[at - 1];
-  const blank = before !== undefined && typeof before['#text'] === 'string' && before['#text'].trim() === '';
-  list.splice(blank ? at - 1 : at, blank ? 2 : 1);
-}
+type Node = XmlNode;
 
 /** The new name, as virtnbdrestore picks it. */
 export function restoredDomainName(original: string, name?: string): string {
@@ -108,9 +50,9 @@ export function restoredDomainName(original: string, name?: string): string {
 
 /** Adjust a backed-up domain XML for the restored disks. Throws DomainConfigError for a document that is not a domain. */
 export function adjustDomainConfig(xml: string, options: AdjustConfigOptions, source = 'domain config'): AdjustedConfig {
-  const valid = XMLValidator.validate(xml);
-  if (valid !== true) throw new DomainConfigError(`${source} is not well-formed XML (line ${valid.err.line}): ${valid.err.msg}`);
-  const tree = parser.parse(xml) as Node[];
+  const parsed = parseOrdered(xml);
+  if ('error' in parsed) throw new DomainConfigError(`${source} is not well-formed XML (${parsed.error})`);
+  const tree = parsed.tree;
   const domain = tree.find((n) => tagOf(n) === 'domain');
   if (!domain) throw new DomainConfigError(`${source} has no <domain> root element`);
   const top = children(domain);
@@ -118,7 +60,7 @@ export function adjustDomainConfig(xml: string, options: AdjustConfigOptions, so
 
   const uuid = top.find((n) => tagOf(n) === 'uuid');
   if (uuid) {
-    remove(top, uuid);
+    removeNode(top, uuid);
     changes.push('removed the uuid (libvirt assigns a new one)');
   }
   const nameNode = top.find((n) => tagOf(n) === 'name');
@@ -136,19 +78,19 @@ export function adjustDomainConfig(xml: string, options: AdjustConfigOptions, so
     const device = attr(disk, 'device') ?? 'disk';
     const image = restored.get(target);
     if (device === 'cdrom' || device === 'floppy' || device === 'lun') {
-      remove(list, disk);
+      removeNode(list, disk);
       changes.push(`removed ${device} ${target}`);
       continue;
     }
     if (!image) {
-      remove(list, disk);
+      removeNode(list, disk);
       changes.push(`removed disk ${target}: not restored`);
       continue;
     }
     pointAt(disk, image);
     changes.push(`disk ${target} -> ${image.path}`);
   }
-  return { xml: builder.build(tree) as string, name: newName, changes };
+  return { xml: buildOrdered(tree), name: newName, changes };
 }
 
 /** Makes `disk` a plain file disk on `image`: no pool/volume, no block device, no backing chain. */
@@ -166,7 +108,7 @@ function pointAt(disk: Node, image: RestoredDiskImage): void {
   source[':@'] = sourceAttrs;
   // Children of <source> (seclabel, reservations, dataStore...) describe the old storage too.
   source['source'] = [];
-  for (const store of list.filter((c) => tagOf(c) === 'backingStore')) remove(list, store);
+  for (const store of list.filter((c) => tagOf(c) === 'backingStore')) removeNode(list, store);
   const driver = child(disk, 'driver');
   if (driver) attributes(driver)['@_type'] = image.format;
   else list.unshift({ driver: [], ':@': { '@_name': 'qemu', '@_type': image.format } });
