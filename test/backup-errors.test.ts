@@ -55,24 +55,24 @@ test('an unknown domain, and options of later versions, are refused with exit 1'
   t.notRegex(r.stderr, /\n\s+at /, 'no stack trace without -v');
   await assertNothingLeft(t, undefined, paths, [set]);
 
-  const later = await runBackup(host, jobArgs(paths, '-d', missing, '-l', 'full', '-o', set, '--start-domain', '-P', '10900'));
+  const later = await runBackup(host, jobArgs(paths, '-d', missing, '-l', 'full', '-o', set, '--tls', '-P', '10900'));
   t.is(later.exitCode, 1);
-  t.regex(later.stderr, /not yet: -S\/--start-domain, -P\/--nbd-port are not implemented/);
+  t.regex(later.stderr, /not yet: -P\/--nbd-port, --tls are not implemented/);
 
   const usage = await runBackup(host, ['-d', missing, '-l', 'weekly', '-o', set]);
   t.is(usage.exitCode, 2);
   t.regex(usage.stderr, /argument -l\/--level: invalid choice: 'weekly'/);
 });
 
-test('a shut-off domain is refused: offline backups are not implemented yet', async (t) => {
+test('a shut-off domain cannot serve -s/--startonly: refused, and the domain stays shut off', async (t) => {
   const host = await TestHost.create(t);
   const image = await host.createImage('vda.qcow2', { format: 'qcow2', size: '64M' });
   const vm = await host.defineVm({ disks: [{ image }] });
   const paths = jobPaths(host);
   const set = host.path('set');
-  const r = await runBackup(host, jobArgs(paths, '-d', vm.name, '-l', 'full', '-o', set));
+  const r = await runBackup(host, jobArgs(paths, '-d', vm.name, '-l', 'copy', '-o', set, '-s'));
   t.is(r.exitCode, 1);
-  t.regex(r.stderr, new RegExp(`Domain ${vm.name} is not running: .*offline backups.* not implemented`));
+  t.regex(r.stderr, /ERROR -s\/--startonly needs a running domain/);
   t.is(await vm.state(), 'shut off');
   t.deepEqual(await vm.checkpoints(), []);
   await assertNothingLeft(t, vm, paths, [set]);

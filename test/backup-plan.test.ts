@@ -221,15 +221,19 @@ test('shut-off domain: full becomes copy with a warning; inc and diff read the l
   t.like(inc.checkpoint, { name: 'virtnbdbackup.1', parent: 'virtnbdbackup.1', bitmap: 'virtnbdbackup.1', create: false });
   t.is(inc.checkpoint.incremental, undefined);
   t.deepEqual(inc.redefine, [], 'nothing is redefined offline');
-  t.is(inc.ident, 'virtnbdbackup.1');
+  // Named after the checkpoint and the time, so it never replaces the online inc that created the checkpoint.
+  const unixNow = Math.floor(NOW.getTime() / 1000);
+  t.is(inc.ident, `virtnbdbackup.1.${unixNow}`);
   t.deepEqual(
     inc.targets.map((x) => [x.dataFile, x.metaContext]),
     [
-      ['vda.inc.virtnbdbackup.1.data', 'qemu:dirty-bitmap:virtnbdbackup.1'],
-      ['vdb.inc.virtnbdbackup.1.data', 'qemu:dirty-bitmap:virtnbdbackup.1'],
+      [`vda.inc.virtnbdbackup.1.${unixNow}.data`, 'qemu:dirty-bitmap:virtnbdbackup.1'],
+      [`vdb.inc.virtnbdbackup.1.${unixNow}.data`, 'qemu:dirty-bitmap:virtnbdbackup.1'],
     ],
   );
-  t.true(warnings(inc).some((w) => /replaces vda\.inc\.virtnbdbackup\.1\.data/.test(w)), 'the name clash with the last incremental is not silent');
+  t.false(inc.targets.some((x) => set.targetFiles.includes(x.dataFile)), 'no existing file is replaced');
+  const again = t.throws(() => planBackup(input({ level: 'inc', running: false, ...set, targetFiles: [...set.targetFiles, `vda.inc.virtnbdbackup.1.${unixNow}.data`] })));
+  t.regex(again?.message ?? '', /within the same second/);
 
   const diff = planBackup(input({ level: 'diff', running: false, ...set }));
   t.like(diff.checkpoint, { name: 'virtnbdbackup.1', bitmap: 'virtnbdbackup.1', create: false });

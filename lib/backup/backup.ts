@@ -1,14 +1,20 @@
 /**
  * backup(): one run of virtnbdbackup, as a library call. It reaches the
- * domain (connect.ts), gathers what the plan needs (inputs.ts), plans
- * (level.ts), cares for the checkpoint chain (checkpoints.ts), runs the
- * libvirt backup job (job.ts), saves the disks `workers` at a time
- * (diskBackup.ts) and the set's other files (setFiles.ts), and commits the
- * new checkpoint to the set last. Whatever happens, the job is ended and
- * its socket and scratch files are gone when it returns or throws; a
- * failed (or interrupted) run removes the files it wrote and deletes the
- * checkpoint its job created, so the set and the domain's chain are as
- * before and the next backup still covers every change.
+ * domain (connect.ts; -S starts a shut-off one paused and stops it after),
+ * gathers what the plan needs (inputs.ts), plans (level.ts), cares for the
+ * checkpoint chain (checkpoints.ts), asks the guest agent for OS info and
+ * freezes the guest around the job start (guestAgent.ts, with --pause:
+ * pause.ts), runs the libvirt backup job (job.ts) or, for a shut-off
+ * domain, serves each image with qemu-nbd (offlineExport.ts), saves the
+ * disks `workers` at a time (diskBackup.ts; -q: extents by nbdinfo,
+ * nbdinfoStatus.ts) and the set's other files (setFiles.ts), and commits
+ * the new checkpoint to the set last. -p/-T (estimate.ts), -s and -k
+ * (killJob.ts) end the run early. Whatever happens, the job is ended and
+ * its socket and scratch files are gone when it returns or throws (except
+ * -s, whose job is left running on purpose); a failed (or interrupted) run
+ * removes the files it wrote and deletes the checkpoint its job created,
+ * so the set and the domain's chain are as before and the next backup
+ * still covers every change.
  */
 import { constants, existsSync } from 'node:fs';
 import { access, mkdir, stat, unlink } from 'node:fs/promises';
@@ -30,9 +36,16 @@ import {
 import { openDomainSession } from './connect.js';
 import { backupDisk, type DiskBackupResult, type DiskProgress } from './diskBackup.js';
 import { BackupError, messageOf } from './errors.js';
+import { GuestAgent, osInfoFileName } from './guestAgent.js';
 import { gatherPlanInput, listDirectory } from './inputs.js';
+import { changedBytesSince } from './estimate.js';
+import { killBackupJob } from './killJob.js';
+import { checkOfflineBitmap, OfflineExport } from './offlineExport.js';
+import { DomainPause, quiesceInOrder } from './pause.js';
+import type { Quiesce } from './guestAgent.js';
+import { VIR_DOMAIN_DESTROY_GRACEFUL, VIR_DOMAIN_START_PAUSED } from '../libvirt/flags.js';
 import { BackupJob, refuseActiveJob } from './job.js';
-import { planBackup, type BackupPlan, type Level, type OutputType } from './level.js';
+import { planBackup, type BackupPlan, type DiskTarget, type Level, type OutputType } from './level.js';
 import { RecordingLogger, type BackupLogger } from './log.js';
 import { DirectoryOutput, ZipOutput, type SetOutput } from './output.js';
 import { runPool } from './pool.js';
@@ -62,6 +75,22 @@ export interface BackupRequest {
   noSparseDetection: boolean;
   /** libvirt URI. */
   uri: string;
+  /** -F: freeze only the filesystems on these mountpoints (default all, when the guest agent answers). */
+  freezeMountpoints?: readonly string[];
+  /** -p: print the bytes the next inc/diff would save, and stop. */
+  printOnly?: boolean;
+  /** -T: skip an inc/diff that would save fewer bytes. */
+  threshold?: number;
+  /** -s: start the backup job, leave its NBD endpoint on the socket, save nothing. */
+  startOnly?: boolean;
+  /** -k: end the domain's running backup job, save nothing. */
+  killOnly?: boolean;
+  /** -S: start a shut-off domain paused for the backup, and stop it after. */
+  startDomain?: boolean;
+  /** --pause: suspend the running domain while the job starts. */
+  pause?: boolean;
+  /** -q: query extents with nbdinfo instead of our NBD client. */
+  qemu?: boolean;
 }
 
 export interface BackupContext {
@@ -76,7 +105,15 @@ export interface BackupContext {
   now?: Date;
 }
 
+/** What a run did besides a backup: -p estimated, -T skipped, -s started a job, -k killed one. */
+export type BackupOutcome = 'backup' | 'estimated' | 'skipped' | 'started' | 'killed';
+
 export interface BackupResult {
+  outcome: BackupOutcome;
+  /** -p and -T: bytes marked changed since the parent checkpoint. */
+  estimate?: number;
+  /** -s: the NBD URIs of the job's exports. */
+  endpoints?: string[];
   /** The level that ran (auto resolved). */
   level: DataLevel;
   /** `<ident>` of the run's files. */
@@ -183,18 +220,52 @@ export async function backup(request: BackupRequest, context: BackupContext): Pr
   if (request.compress !== false) log.info(`Compression enabled, level [${request.compress}]`);
 
   const session = await openDomainSession(request.uri, request.domain, log);
+  /** -S started the domain: stop it whatever happens. */
+  let startedHere = false;
   try {
     signal?.throwIfAborted();
     const { domain } = session;
+    if (!session.running && request.startDomain && !request.killOnly) {
+      if (request.startOnly) {
+        throw new BackupError(
+          'domain-not-running',
+          `Domain ${domain.name} is shut off: -s/--startonly leaves a job running, but -S/--start-domain stops the domain after the run. Start the domain first.`,
+        );
+      }
+      log.info(`Domain ${domain.name} is shut off: starting it paused for the backup (-S); it is stopped again afterwards.`);
+      await libvirtCall(`start domain ${domain.name} paused`, () => domain.create(VIR_DOMAIN_START_PAUSED));
+      startedHere = true;
+      session.running = true;
+    }
+    if (request.killOnly) {
+      const killed = await killBackupJob(domain, log);
+      log.debug(killed ? 'A job was stopped.' : 'No job was running.');
+      return { outcome: 'killed', level: 'copy', ident: '', targetDir: paths.targetDir, disks: [], files: [] };
+    }
     const domainXml = await libvirtCall(`read the configuration of domain ${domain.name}`, () => domain.getXMLDesc(0));
-    const { input, info } = await gatherPlanInput(request, domain, domainXml, paths, now);
+    const { input, info } = await gatherPlanInput(request, domain, domainXml, paths, now, session.running);
     const plan = planBackup(input);
     logPlan(plan, log);
-    if (!request.stdout) await makeDirectory(paths.checkpointDir, 'checkpoint directory');
-    await refuseActiveJob(domain);
-    await careForChain(domain, plan, paths, log);
+    if (!request.stdout && !request.startOnly) await makeDirectory(paths.checkpointDir, 'checkpoint directory');
+    if (plan.offline) {
+      await checkOffline(plan, request, log);
+      warnUnresolvedFirmware(domainXml, info, log);
+    } else {
+      await refuseActiveJob(domain);
+    }
+    // -s with full must not delete the chain: it starts a job only.
+    if (!(request.startOnly && plan.level === 'full')) await careForChain(domain, plan, paths, log);
+    const early = await estimateFirst(domain, plan, request, context, log);
+    if (early !== undefined) return { ...early, targetDir: paths.targetDir };
+    // A domain -S started paused runs no guest code: nothing to freeze, and its agent cannot answer.
+    const agent = plan.offline || startedHere ? undefined : await GuestAgent.probe(domain, request.freezeMountpoints ?? [], log);
     signal?.throwIfAborted();
+    if (request.startOnly && !plan.offline) {
+      const started = await startOnly(domain, plan, paths, quiesceFor(domain, agent, request, log), context, log);
+      return { ...started, targetDir: paths.targetDir };
+    }
     const result = await runJob(domain, plan, {
+      agent,
       request,
       context,
       paths,
@@ -208,8 +279,111 @@ export async function backup(request: BackupRequest, context: BackupContext): Pr
     log.info('Finished successfully');
     return result;
   } finally {
+    if (startedHere) {
+      log.info(`Stopping domain ${session.domain.name}, started for the backup (-S).`);
+      // Graceful: QEMU then writes its persistent bitmaps, so the chain continues offline or online.
+      await session.domain.destroy(VIR_DOMAIN_DESTROY_GRACEFUL).catch((e: unknown) => log.error(`Cannot stop domain ${session.domain.name}: ${messageOf(e)}`));
+    }
     await session.hypervisor.close();
   }
+}
+
+/**
+ * Offline: what needs a running domain is refused, and every bitmap an
+ * inc/diff reads is checked in its image before anything is written.
+ */
+async function checkOffline(plan: BackupPlan, request: BackupRequest, log: BackupLogger): Promise<void> {
+  if (request.startOnly) throw new BackupError('domain-not-running', `-s/--startonly needs a running domain: start the domain (or use -S/--start-domain).`);
+  if (request.printOnly) throw new BackupError('domain-not-running', `-p/--printonly needs a running domain (libvirt sizes bitmaps of running domains only).`);
+  log.info(`Domain is shut off: reading its disk images through qemu-nbd (offline backup).`);
+  const bitmap = plan.checkpoint.bitmap;
+  for (const t of plan.targets) {
+    if (t.disk.path === undefined) throw new BackupError('not-yet', `Disk ${t.disk.target} has no local image path: offline backups of volume disks are not implemented yet.`);
+    if (bitmap !== undefined && t.metaContext === `qemu:dirty-bitmap:${bitmap}`) await checkOfflineBitmap(t.disk.path, t.disk.target, bitmap);
+  }
+}
+
+/**
+ * libvirt (9.0) resolves `<os firmware='efi'>` to a loader and an nvram
+ * file only when the domain starts: a shut-off domain's XML names neither,
+ * so they cannot be saved. Say so (and how to get them).
+ */
+function warnUnresolvedFirmware(domainXml: string, info: DomainInfo, log: BackupLogger): void {
+  if (!/<os\b[^>]*\bfirmware=['"]efi['"]/.test(domainXml)) return;
+  if (info.bootFiles.loader !== undefined && info.bootFiles.nvram !== undefined) return;
+  log.warn(
+    `Domain ${info.name} is shut off and its UEFI firmware is chosen by libvirt at start: its XML names no loader or nvram file, ` +
+      'so they are not saved. Back it up running, or with -S/--start-domain, to save them.',
+  );
+}
+
+/** Run `fn` with the socket serving `target`: the job's online, a qemu-nbd of its own offline. */
+async function withExport<T>(job: BackupJob | undefined, target: DiskTarget, plan: BackupPlan, paths: Paths, fn: (socket: string) => Promise<T>): Promise<T> {
+  if (job) return fn(job.socket);
+  const bitmap = plan.checkpoint.bitmap;
+  const server = await OfflineExport.start({
+    image: target.disk.path as string,
+    format: target.disk.format ?? 'raw',
+    exportName: target.disk.target,
+    socket: `${paths.socket}.${target.disk.target}`,
+    ...(bitmap !== undefined && target.metaContext === `qemu:dirty-bitmap:${bitmap}` ? { bitmap } : {}),
+  });
+  try {
+    return await fn(server.socket);
+  } finally {
+    await server.stop();
+  }
+}
+
+type EarlyResult = Omit<BackupResult, 'targetDir'>;
+
+/**
+ * -p and -T: the bytes changed since the parent checkpoint, from libvirt.
+ * -p prints them (stdout) and ends the run; -T ends it when they are below
+ * the threshold. Both only mean something for inc and diff.
+ */
+async function estimateFirst(domain: Domain, plan: BackupPlan, request: BackupRequest, context: BackupContext, log: BackupLogger): Promise<EarlyResult | undefined> {
+  if (!request.printOnly && request.threshold === undefined) return undefined;
+  if (plan.offline) {
+    log.info('-T/--threshold: libvirt sizes bitmaps of running domains only: running the offline backup.');
+    return undefined;
+  }
+  const base = { level: plan.level, ident: plan.ident, disks: [], files: [] };
+  const since = plan.checkpoint.incremental;
+  if (plan.level !== 'inc' && plan.level !== 'diff' || since === undefined) {
+    if (request.printOnly) {
+      throw new BackupError('not-yet', `-p/--printonly estimates incremental and differential backups only, not a ${plan.level} backup: use -l inc or -l diff.`);
+    }
+    log.info(`-T/--threshold applies to incremental and differential backups only: running the ${plan.level} backup.`);
+    return undefined;
+  }
+  const disks = plan.targets.map((t) => t.disk.target);
+  const estimate = await changedBytesSince(domain, since, disks);
+  log.info(`Estimated size of the next ${plan.level} backup: [${estimate}] bytes changed since checkpoint [${since}] on disks [${disks.join(', ')}].`);
+  if (request.printOnly) {
+    (context.stdout ?? process.stdout).write(`${estimate}\n`);
+    return { ...base, outcome: 'estimated', estimate };
+  }
+  if (request.threshold !== undefined && estimate < request.threshold) {
+    log.info(`Backup size [${estimate}] is below the threshold [${request.threshold}] (-T): skipping this backup.`);
+    return { ...base, outcome: 'skipped', estimate };
+  }
+  return undefined;
+}
+
+/**
+ * -s: start the job as planned, but create no checkpoint (the set would
+ * not list it), and leave it running with its exports on the socket for
+ * other tools; -k ends it.
+ */
+async function startOnly(domain: Domain, plan: BackupPlan, paths: Paths, quiesce: Quiesce, context: BackupContext, log: BackupLogger): Promise<EarlyResult> {
+  const jobPlan: BackupPlan = { ...plan, checkpoint: { ...plan.checkpoint, create: false } };
+  await BackupJob.begin(domain, jobPlan, { socket: paths.socket, scratchDir: paths.scratchDir, quiesce }, log);
+  const endpoints = plan.targets.map((t) => `nbd+unix:///${t.disk.target}?socket=${paths.socket}`);
+  for (const [i, uri] of endpoints.entries()) log.info(`Backup job started: disk ${plan.targets[i]?.disk.target} is exported as [${uri}], meta context [${plan.targets[i]?.metaContext}].`);
+  log.info(`The job keeps running: end it with virtnbdbackup -d ${domain.name} -k -o <dir>.`);
+  (context.stdout ?? process.stdout).write(endpoints.map((e) => `${e}\n`).join(''));
+  return { outcome: 'started', endpoints, level: plan.level, ident: plan.ident, disks: [], files: [] };
 }
 
 /** Redefine lost checkpoints; for full, delete the old chain and its files. */
@@ -225,6 +399,8 @@ async function careForChain(domain: Domain, plan: BackupPlan, paths: Paths, log:
 }
 
 interface RunState {
+  /** undefined offline. */
+  agent: GuestAgent | undefined;
   request: BackupRequest;
   context: BackupContext;
   paths: Paths;
@@ -238,7 +414,9 @@ interface RunState {
 /** Job, disks, set files, checkpoint commit; undone on failure. */
 async function runJob(domain: Domain, plan: BackupPlan, s: RunState): Promise<BackupResult> {
   const { request, context, paths, log } = s;
-  const job = await BackupJob.begin(domain, plan, { socket: paths.socket, scratchDir: paths.scratchDir }, log);
+  const job = plan.offline
+    ? undefined
+    : await BackupJob.begin(domain, plan, { socket: paths.socket, scratchDir: paths.scratchDir, quiesce: quiesceFor(domain, s.agent, request, log) }, log);
   let output: SetOutput | undefined;
   const savedFiles: string[] = [];
   /** `<domain>.cpt` before this run changed it (null: not changed). */
@@ -251,21 +429,22 @@ async function runJob(domain: Domain, plan: BackupPlan, s: RunState): Promise<Ba
       plan.targets,
       plan.workers,
       (target, signal) =>
-        backupDisk({
+        withExport(job, target, plan, paths, (socket) => backupDisk({
           target,
-          socket: job.socket,
+          socket,
           checkpointName: plan.checkpoint.name,
           parentCheckpoint: plan.checkpoint.parent ?? '',
           compress: request.compress,
           sparseDetection: !request.noSparseDetection,
+          nbdinfoExtents: request.qemu === true,
           output: out,
           ...(context.progress ? { progress: context.progress } : {}),
           signal,
           log,
-        }),
+        })),
       context.signal,
     );
-    await job.end();
+    await job?.end();
     await saveSetFiles({
       level: plan.level,
       ident: plan.ident,
@@ -276,6 +455,7 @@ async function runJob(domain: Domain, plan: BackupPlan, s: RunState): Promise<Ba
       output: out,
       log,
     });
+    if (s.agent) await saveOsInfo(s.agent, plan.ident, out, log);
     context.signal?.throwIfAborted();
     // The commit point: only now does the set name the new checkpoint.
     if (checkpointXml !== undefined) {
@@ -286,6 +466,7 @@ async function runJob(domain: Domain, plan: BackupPlan, s: RunState): Promise<Ba
     }
     if (request.stdout) await finishZip(out, checkpointXml, s);
     return {
+      outcome: 'backup',
       level: plan.level,
       ident: plan.ident,
       targetDir: paths.targetDir,
@@ -295,7 +476,7 @@ async function runJob(domain: Domain, plan: BackupPlan, s: RunState): Promise<Ba
     };
   } catch (e) {
     log.debug(`Backup failed (${messageOf(e)}): undoing this run.`);
-    await job.end();
+    await job?.end();
     if (output) {
       const written = output.written.length;
       await output.discard(e instanceof Error ? e : new Error(String(e))).catch((d: unknown) => log.warn(messageOf(d)));
@@ -305,6 +486,27 @@ async function runJob(domain: Domain, plan: BackupPlan, s: RunState): Promise<Ba
     if (listBefore !== null) await writeCheckpointList(paths.targetDir, domain.name, listBefore).catch((d: unknown) => log.error(messageOf(d)));
     if (plan.checkpoint.create) await rollBackCheckpoint(domain, plan.checkpoint.name, log);
     throw e;
+  }
+}
+
+/** The agent's freeze, and --pause's suspend inside it. */
+function quiesceFor(domain: Domain, agent: GuestAgent | undefined, request: BackupRequest, log: BackupLogger): Quiesce {
+  const parts: Quiesce[] = [];
+  if (agent) parts.push(agent);
+  if (request.pause) parts.push(new DomainPause(domain, log));
+  return quiesceInOrder(parts);
+}
+
+/** `osinfo.<ident>` when the agent answered; a side file, so failing is a warning. */
+async function saveOsInfo(agent: GuestAgent, ident: string, out: SetOutput, log: BackupLogger): Promise<void> {
+  const text = agent.osInfoText();
+  if (text === undefined) return;
+  const name = osInfoFileName(ident);
+  try {
+    await out.writeFile(name, text);
+    log.info(`Saved guest OS information to: [${name}]`);
+  } catch (e) {
+    log.warn(`Cannot save guest OS information ${name}: ${messageOf(e)}`);
   }
 }
 

@@ -1,7 +1,7 @@
 /**
  * Reaching the domain to back up: open the libvirt connection, make sure
  * the domain lives on this host (the NBD socket and the disk images must
- * be local until remote backups land), look the domain up and check that
+ * be local until remote backups land), look the domain up and see whether
  * it runs. Each refusal is a BackupError naming the domain and the URI.
  */
 import { hostname } from 'node:os';
@@ -14,6 +14,8 @@ import type { BackupLogger } from './log.js';
 export interface DomainSession {
   hypervisor: Hypervisor;
   domain: Domain;
+  /** false: the domain is shut off (an offline backup reads its images through qemu-nbd). */
+  running: boolean;
 }
 
 /** Connect to `uri`; throws BackupError('libvirt') naming the URI. */
@@ -53,7 +55,7 @@ async function refuseRemote(hypervisor: Hypervisor): Promise<void> {
   );
 }
 
-/** Look up `name` and check that it runs; closes the connection when it fails. */
+/** Look up `name` and whether it runs; closes the connection when it fails. */
 export async function openDomainSession(uri: string, name: string, log: BackupLogger): Promise<DomainSession> {
   const hypervisor = await connectHypervisor(uri, log);
   try {
@@ -67,14 +69,13 @@ export async function openDomainSession(uri: string, name: string, log: BackupLo
       }
       throw new BackupError('libvirt', `Cannot look up domain ${name} at ${uri}: ${messageOf(e)}`, { cause: e });
     }
-    if (!(await domain.isActive())) {
-      throw new BackupError(
-        'domain-not-running',
-        `Domain ${name} is not running: backups of shut-off domains (offline backups) are not implemented in this version of virtnbd yet. ` +
-          'Start the domain to back it up.',
-      );
+    let running: boolean;
+    try {
+      running = await domain.isActive();
+    } catch (e) {
+      throw new BackupError('libvirt', `Cannot read the state of domain ${name} at ${uri}: ${messageOf(e)}`, { cause: e });
     }
-    return { hypervisor, domain };
+    return { hypervisor, domain, running };
   } catch (e) {
     await hypervisor.close();
     throw e;

@@ -40,6 +40,7 @@ import { ZeroAsData } from '../../streams/ZeroAsData.js';
 import { BackupError, messageOf } from './errors.js';
 import type { DiskTarget } from './level.js';
 import type { BackupLogger } from './log.js';
+import { NbdinfoStatusDevice } from './nbdinfoStatus.js';
 import type { SetOutput } from './output.js';
 
 /** A per-disk progress display (the CLI's progress bar fits). */
@@ -59,6 +60,8 @@ export interface DiskBackupSpec {
   compress: number | false;
   /** inc/diff: consult base:allocation so dirty ranges that read as zeros are not read. */
   sparseDetection: boolean;
+  /** -q: ask nbdinfo (libnbd) for the extents instead of our client. */
+  nbdinfoExtents?: boolean;
   output: SetOutput;
   progress?: (label: string, total: number) => DiskProgress;
   signal?: AbortSignal;
@@ -125,8 +128,10 @@ export async function backupDisk(spec: DiskBackupSpec): Promise<DiskBackupResult
   const contexts = incremental ? [target.metaContext, ...(intersect ? [BASE_ALLOCATION] : [])] : [BASE_ALLOCATION];
   const client = await connect(spec, contexts);
   try {
+    if (spec.nbdinfoExtents) log.info(`Disk ${dev}: querying extents with nbdinfo (-q).`);
+    const statusDevice = spec.nbdinfoExtents ? await NbdinfoStatusDevice.create(client, spec.socket, dev, contexts) : client;
     const extents = await collect(
-      new ExtentSource(client, {
+      new ExtentSource(statusDevice, {
         ...(incremental ? { dirtyContext: target.metaContext, intersectAllocation: intersect } : {}),
         // One frame per coalesced extent; the reader splits it into requests.
         maxDataLength: Infinity,

@@ -11,7 +11,7 @@ export type BackupProblem =
   /** libvirt cannot be reached or refused a call. */
   | 'libvirt'
   | 'domain-not-found'
-  /** The domain is shut off: offline backups are not implemented yet. */
+  /** The domain is shut off and what was asked needs it running (-s, -p). */
   | 'domain-not-running'
   /** A feature of virtnbdbackup that virtnbd does not have yet. */
   | 'not-yet'

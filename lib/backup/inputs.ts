@@ -109,6 +109,8 @@ export interface PlanRequest {
   stdout: boolean;
   compress: number | false;
   worker?: number;
+  startOnly?: boolean;
+  killOnly?: boolean;
 }
 
 /** Everything planBackup() needs, read from the domain, libvirt and the disk. */
@@ -118,6 +120,7 @@ export async function gatherPlanInput(
   domainXml: string,
   dirs: { targetDir: string; checkpointDir: string },
   now: Date,
+  running = true,
 ): Promise<{ input: BackupPlanInput; info: DomainInfo }> {
   let info: DomainInfo;
   try {
@@ -128,7 +131,7 @@ export async function gatherPlanInput(
   const targetFiles = await listDirectory(dirs.targetDir);
   const input: BackupPlanInput = {
     domain: info,
-    running: true,
+    running,
     level: request.level,
     type: request.type,
     raw: request.raw,
@@ -147,5 +150,7 @@ export async function gatherPlanInput(
   if (request.include) input.include = request.include;
   if (request.exclude) input.exclude = request.exclude;
   if (request.worker !== undefined) input.worker = request.worker;
+  if (request.startOnly) input.startOnly = true;
+  if (request.killOnly) input.killOnly = true;
   return { input, info };
 }

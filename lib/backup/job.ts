@@ -20,6 +20,7 @@ import { buildCheckpointXml } from '../xml/checkpointXml.js';
 import { BackupError, messageOf } from './errors.js';
 import type { BackupLogger } from './log.js';
 import type { BackupPlan } from './level.js';
+import type { Quiesce } from './guestAgent.js';
 
 /** How long end() waits for libvirt to remove the socket and scratch files. */
 const JOB_END_WAIT_MS = 30_000;
@@ -29,9 +30,25 @@ export interface JobSpec {
   socket: string;
   /** Directory for the scratch files (absolute). */
   scratchDir: string;
+  /** Frozen right before the job starts, thawed right after (also when it fails to start). */
+  quiesce?: Quiesce;
 }
 
-/** Refuse to start while another job runs on the domain (virtnbdbackup does the same). */
+/** "the backup job (NBD socket /x)" for the job running on the domain, as far as libvirt says. */
+export async function describeRunningJob(domain: Domain): Promise<string> {
+  try {
+    const xml = await domain.backupGetXMLDesc();
+    const socket = /<server\b[^>]*\bsocket=(['"])([^'"]+)\1/.exec(xml)?.[2];
+    const port = /<server\b[^>]*\bport=(['"])([^'"]+)\1/.exec(xml)?.[2];
+    const where = socket !== undefined ? ` (NBD socket ${socket})` : port !== undefined ? ` (NBD port ${port})` : '';
+    return `the backup job${where}`;
+  } catch {
+    // Not a backup job (a migration, a dump): libvirt has no backup XML for it.
+    return 'a job that is not a backup';
+  }
+}
+
+/** Refuse to start while another job runs on the domain (virtnbdbackup does the same), naming that job. */
 export async function refuseActiveJob(domain: Domain): Promise<void> {
   let type: number;
   try {
@@ -40,9 +57,11 @@ export async function refuseActiveJob(domain: Domain): Promise<void> {
     throw new BackupError('libvirt', `Cannot query the jobs of domain ${domain.name}: ${messageOf(e)}`, { cause: e });
   }
   if (type !== VIR_DOMAIN_JOB_NONE) {
+    const what = await describeRunningJob(domain);
     throw new BackupError(
       'job-active',
-      `Domain ${domain.name} already has an active job (another backup?). Check with: virsh domjobinfo ${domain.name}`,
+      `Domain ${domain.name} is busy with ${what}: only one backup at a time. ` +
+        `Wait for it to finish, or end a left-over job with: virtnbdbackup -d ${domain.name} -k -o <dir> (check with: virsh domjobinfo ${domain.name})`,
     );
   }
 }
@@ -93,7 +112,12 @@ export class BackupJob {
     const job = new BackupJob(domain, spec.socket, scratch, log);
     log.info('Starting backup job.');
     try {
-      await domain.backupBegin(backupXml, checkpointXml);
+      await spec.quiesce?.freeze();
+      try {
+        await domain.backupBegin(backupXml, checkpointXml);
+      } finally {
+        await spec.quiesce?.thaw();
+      }
     } catch (e) {
       job.ended = true;
       await job.removeLeftovers();

@@ -423,6 +423,21 @@ function diskTarget(disk: DomainDisk, level: DataLevel, ident: string, offlineBi
   return target;
 }
 
+/**
+ * An offline inc creates no checkpoint, so it holds every change since the
+ * last one, like a diff. virtnbdbackup 2.47 names it after that checkpoint,
+ * `<disk>.inc.<checkpoint>.data`, which is the name of the online inc that
+ * created the checkpoint: that file, and its changes, are silently
+ * replaced. Ours adds the Unix time, `<disk>.inc.<checkpoint>.<time>.data`:
+ * never an existing name. Restores order it by its metadata (checkpointName
+ * equals parentCheckpoint: a delta, applied last on its checkpoint), and
+ * virtnbdrestore 1.9.15 (which applies `<disk>*.data` by file time) applies
+ * it after the files it follows.
+ */
+export function offlineIncIdent(checkpoint: string, at: Date): string {
+  return `${checkpoint}.${Math.floor(at.getTime() / 1000)}`;
+}
+
 export function planBackup(input: BackupPlanInput): BackupPlan {
   const messages: PlanMessage[] = [];
   const info = (text: string): void => void messages.push({ level: 'info', text });
@@ -480,7 +495,7 @@ export function planBackup(input: BackupPlanInput): BackupPlan {
     skip: input.domain.disks.map((d) => d.target).filter((t) => !bitmapDisks.includes(t)),
   };
 
-  const ident = backupIdent(level, checkpoint.name, input.now);
+  const ident = offline && level === 'inc' ? offlineIncIdent(checkpoint.name, input.now) : backupIdent(level, checkpoint.name, input.now);
   const targets = disks.backup.map((disk) => diskTarget(disk, level, ident, offline ? checkpoint.name : undefined, input.type));
 
   if (level === 'diff') {
@@ -495,11 +510,12 @@ export function planBackup(input: BackupPlanInput): BackupPlan {
   }
 
   if (offline && level === 'inc') {
-    const existing = targets.find((t) => input.targetFiles.includes(t.dataFile));
-    if (existing !== undefined) {
-      warn(
-        `Offline incremental backups are named after the last checkpoint (${checkpoint.name}): this one replaces ${existing.dataFile}. ` +
-          'A differential backup (-l diff) keeps earlier files.',
+    // Two offline incs in one second would share a name: refuse, as for diff.
+    const clash = targets.find((t) => input.targetFiles.includes(t.dataFile));
+    if (clash !== undefined) {
+      throw new BackupPlanError(
+        'target-not-empty',
+        `${clash.dataFile} exists already: an offline incremental backup started within the same second. Wait a second and run it again.`,
       );
     }
   }

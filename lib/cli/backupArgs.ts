@@ -243,10 +243,6 @@ export function backupOptionNames(): ReadonlyMap<string, string> {
  * features land.
  */
 export const BACKUP_OPTIONS_NOT_YET: ReadonlySet<string> = new Set([
-  '--start-domain',
-  '--pause',
-  '--freeze-mountpoint',
-  '--threshold',
   '--user',
   '--password',
   '--ssh-user',
@@ -256,10 +252,6 @@ export const BACKUP_OPTIONS_NOT_YET: ReadonlySet<string> = new Set([
   '--nbd-ip',
   '--tls',
   '--tls-cert',
-  '--qemu',
-  '--startonly',
-  '--killonly',
-  '--printonly',
 ]);
 
 /** The options among `notYet` that the command line used, in display form (`-S/--start-domain`). */
