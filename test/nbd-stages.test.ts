@@ -175,8 +175,8 @@ test('NbdReader: chunks in offset order rebuild the image; long extents carry th
 test('NbdReader: dirty extents only (incremental), clean ranges dropped', async (t) => {
   const { client, img } = await source(t);
   const { sink, items } = collect<Chunk>();
-  await pipeline(new ExtentSource(client, { dirtyContext: BITMAP, intersectAllocation: true }), new NbdReader(client), sink);
-  // Default request size 1 MiB: the 3 MiB dirty extent comes in 3 pieces of one frame.
+  await pipeline(new ExtentSource(client, { dirtyContext: BITMAP, intersectAllocation: true }), new NbdReader(client, { requestSize: MiB }), sink);
+  // Request size 1 MiB: the 3 MiB dirty extent comes in 3 pieces of one frame.
   const frame = { offset: 20 * MiB, length: 3 * MiB };
   t.deepEqual(
     items.map((c) => [c.offset / MiB, c.length / 1024, c.zero ? 'zero' : 'data', c.frame]),

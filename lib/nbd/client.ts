@@ -113,10 +113,12 @@ export class NbdClient implements NbdBlockDevice {
     });
     this._state = 'transmission';
     transport.onClose((err) => this.onTransportClose(err));
-    transport.beginStreaming({
-      feed: (buf, transient) => this.parse(() => this.parser.feed(buf, transient)),
-      target: () => (this._state === 'dead' ? undefined : this.parser.directTarget()),
-      landed: (n) => this.parse(() => this.parser.landed(n)),
+    transport.beginStreaming((buf, transient) => {
+      try {
+        this.parser.feed(buf, transient);
+      } catch (err) {
+        this.kill(err as Error);
+      }
     });
   }
 
@@ -501,15 +503,6 @@ export class NbdClient implements NbdBlockDevice {
     if (req.serverErrno === NBD_ESHUTDOWN && this._state === 'transmission') void this.disconnect();
     if (this.inflight.size === 0) {
       for (const w of this.idleWaiters.splice(0)) w();
-    }
-  }
-
-  /** Run the reply parser; a protocol violation kills the connection. */
-  private parse(step: () => void): void {
-    try {
-      step();
-    } catch (err) {
-      this.kill(err as Error);
     }
   }
 

@@ -54,8 +54,8 @@ export async function withHandshake<T>(
   body: (io: HandshakeIO, t: Transport, r: ResolvedTarget) => Promise<T>,
 ): Promise<T> {
   const r = resolveTarget(target, opts);
-  // TLS needs a plain stream socket to wrap; otherwise READ payloads are received in place.
-  const t = await Transport.connect(r.connect, { directReads: !r.tls });
+  // TLS needs a plain stream socket to wrap.
+  const t = await Transport.connect(r.connect, { reuseReadBuffer: !r.tls });
   const ms = opts.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT;
   const timer = setTimeout(() => {
     t.destroy(new NbdHandshakeError(`no answer from the NBD server at ${t.peer} within ${ms} ms during the handshake`));

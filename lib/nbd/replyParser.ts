@@ -1,10 +1,9 @@
 /**
  * Incremental parser of the transmission-phase byte stream from the server:
  * simple replies and structured reply chunks, in any order and split at any
- * byte. READ payloads land in the request's result buffer: read there
- * directly when the transport asks directTarget() where the next bytes go,
- * else copied once from the socket's buffers; other payloads (block status,
- * errors) are small and gathered whole. Anything the spec calls for a hard disconnect on
+ * byte. READ payloads are copied once, from the socket's buffers into the
+ * request's result buffer; other payloads (block status, errors) are small
+ * and gathered whole. Anything the spec calls for a hard disconnect on
  * (bad magic, unknown cookie, chunk type unexpected for the command,
  * inconsistent lengths) throws NbdProtocolError out of feed().
  */
@@ -80,33 +79,6 @@ export class ReplyParser {
     if (transient) this.q.copyLast();
   }
 
-  /**
-   * Where the next bytes may be received directly: the unfilled rest of the
-   * READ payload being received, when nothing else is queued before it.
-   */
-  directTarget(): Buffer | undefined {
-    if (this.q.length > 0) return undefined;
-    const s = this.state;
-    if (s.kind === 'dataPayload') return (s.req.buffer as Buffer).subarray(s.pos, s.pos + s.left);
-    if (s.kind === 'simplePayload') return (s.req.buffer as Buffer).subarray(s.done);
-    return undefined;
-  }
-
-  /** `n` bytes were received into the buffer directTarget() returned. */
-  landed(n: number): void {
-    const s = this.state;
-    if (s.kind === 'dataPayload') {
-      s.pos += n;
-      s.left -= n;
-      if (s.left === 0) this.endChunk(s.req, s.h);
-    } else if (s.kind === 'simplePayload') {
-      s.done += n;
-      if (s.done === (s.req.buffer as Buffer).length) this.finishSimple(s.req);
-    } else {
-      throw new Error('ReplyParser.landed() without a direct target');
-    }
-  }
-
   private step(): boolean {
     const s = this.state;
     switch (s.kind) {
@@ -117,7 +89,9 @@ export class ReplyParser {
         const n = this.q.takeInto(buffer, s.done, buffer.length - s.done);
         s.done += n;
         if (s.done < buffer.length) return false;
-        this.finishSimple(s.req);
+        s.req.claimAll();
+        this.complete(s.req);
+        this.state = { kind: 'header' };
         return true;
       }
       case 'dataOffset': {
@@ -234,12 +208,6 @@ export class ReplyParser {
       req.serverError({ errno: e.error, message: e.message, offset: e.offset });
     }
     this.endChunk(req, h);
-  }
-
-  private finishSimple(req: PendingRequest<unknown>): void {
-    req.claimAll();
-    this.state = { kind: 'header' };
-    this.complete(req);
   }
 
   private endChunk(req: PendingRequest<unknown>, h: StructuredReplyHeader): void {

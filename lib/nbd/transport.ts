@@ -4,11 +4,11 @@
  *
  * - Handshake mode: `readExact(n)` resolves with exactly n bytes.
  * - Transmission mode: every received buffer goes to a sink (the reply
- *   parser) as it arrives. Plain (non-TLS) connections read with the
- *   socket's `onread` option: the sink may name the buffer the next read
- *   lands in (the unfilled part of a READ payload), so payloads go from
- *   the kernel straight into the caller's buffer; other bytes arrive in a
- *   small scratch buffer that is reused, so the sink copies what it keeps.
+ *   parser) as it arrives. Plain (non-TLS) sockets read with `onread` into
+ *   one reused buffer rather than a fresh 64 KiB Buffer per read: that
+ *   allocation churn (garbage, GC, page faults) cost more CPU than the NBD
+ *   protocol itself. The sink is told the bytes are transient and copies
+ *   what it keeps (READ payloads it copies once, into the request's buffer).
  * - `send(buffers)` writes one message atomically; once the socket's buffer
  *   is full (write() returned false) further messages wait, in order, for
  *   'drain'. The wait queue holds one entry per caller request, so it is
@@ -24,25 +24,17 @@ import { startTls, type NbdTlsOptions } from './tls.js';
 const HANDSHAKE_BUFFER_LIMIT = 2 * 64 * 1024 * 1024;
 
 /**
- * Reads that are not straight into a payload (reply headers, small
- * payloads) use a scratch buffer of this size. Small, because a header read
- * also picks up the start of the payload behind it, and those bytes are
- * copied; large enough that replies without a payload come many per read.
+ * Size of the reused read buffer. A unix socket rarely holds more than
+ * ~200 KiB (the sender's buffer), so one read usually drains it.
  */
-const SCRATCH_SIZE = Number(process.env.XP_SCRATCH ?? 16 * 1024); // XP
+const READ_BUFFER_SIZE = 256 * 1024;
 
-/** Where transmission-phase bytes go (the reply parser). */
-export interface StreamSink {
-  /**
-   * Bytes received. `transient`: `buf` is the transport's scratch memory,
-   * overwritten by the next read, so the sink must copy what it keeps.
-   */
-  feed(buf: Buffer, transient: boolean): void;
-  /** A buffer the next read may fill directly, or undefined (then bytes come to feed()). */
-  target(): Buffer | undefined;
-  /** `n` bytes were read straight into the buffer target() returned last. */
-  landed(n: number): void;
-}
+/**
+ * Where transmission-phase bytes go (the reply parser). `transient`: `buf`
+ * is the transport's read buffer, overwritten by the next read, so the sink
+ * must copy what it keeps beyond the call.
+ */
+export type StreamSink = (buf: Buffer, transient: boolean) => void;
 
 interface Waiting {
   bufs: Buffer[];
@@ -55,10 +47,6 @@ export class Transport {
   private readonly q = new ByteQueue();
   private reader?: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void };
   private sink?: StreamSink;
-  /** onread mode: the reused buffer for reads not aimed at a payload. */
-  private scratch?: Buffer;
-  /** onread mode: the sink's buffer the pending read was aimed at. */
-  private direct?: Buffer;
   private blocked = false;
   private readonly waiting: Waiting[] = [];
   private closedWith?: Error;
@@ -72,21 +60,20 @@ export class Transport {
   }
 
   /**
-   * Connect to a unix socket path or a TCP host/port. `directReads`: read
-   * with `onread` (payloads land in place); not for connections that will
-   * upgrade to TLS, whose socket must stay a plain stream.
+   * Connect to a unix socket path or a TCP host/port. `reuseReadBuffer`:
+   * read with `onread` into one buffer; not for connections that will
+   * upgrade to TLS, whose socket must stay a plain stream to be wrapped.
    */
-  static async connect(target: { socket: string } | { host: string; port: number }, opts: { directReads?: boolean } = {}): Promise<Transport> {
+  static async connect(target: { socket: string } | { host: string; port: number }, opts: { reuseReadBuffer?: boolean } = {}): Promise<Transport> {
     const peer = 'socket' in target ? target.socket : `${target.host}:${target.port}`;
     const t = new Transport(peer);
     const where = 'socket' in target ? { path: target.socket } : { host: target.host, port: target.port };
     let onread: net.OnReadOpts | undefined;
-    if (opts.directReads) {
-      t.scratch = Buffer.allocUnsafe(SCRATCH_SIZE);
+    if (opts.reuseReadBuffer) {
       onread = {
-        buffer: () => t.nextReadBuffer(),
+        buffer: Buffer.allocUnsafe(READ_BUFFER_SIZE),
         callback: (n, buf) => {
-          t.onRead(n, buf as Buffer);
+          t.onRead((buf as Buffer).subarray(0, n));
           return true; // keep reading: the parser never holds more than one incomplete message
         },
       };
@@ -123,28 +110,16 @@ export class Transport {
     else this.closeListeners.push(listener);
   }
 
-  /** onread mode: the buffer the next read fills. */
-  private nextReadBuffer(): Buffer {
-    this.direct = process.env.XP_DIRECT === '0' ? undefined : this.sink?.target(); // XP
-    return this.direct ?? (this.scratch as Buffer);
-  }
-
-  /** onread mode: `n` bytes arrived in `buf` (a payload target or the scratch buffer). */
-  private onRead(n: number, buf: Buffer): void {
+  /** onread mode: bytes in the reused read buffer. */
+  private onRead(view: Buffer): void {
     if (this.closedWith) return;
-    if (buf === this.direct) {
-      this.direct = undefined;
-      this.sink?.landed(n);
-    } else if (this.sink) {
-      this.sink.feed(buf.subarray(0, n), true);
-    } else {
-      this.onData(Buffer.from(buf.subarray(0, n)));
-    }
+    if (this.sink) this.sink(view, true);
+    else this.onData(Buffer.from(view)); // the handshake keeps what it reads
   }
 
   private readonly onData = (buf: Buffer): void => {
     if (this.sink) {
-      this.sink.feed(buf, false);
+      this.sink(buf, false);
       return;
     }
     this.q.push(buf);
@@ -270,7 +245,7 @@ export class Transport {
   /** Switch to transmission mode: all further bytes (and any already queued) go to `sink`. */
   beginStreaming(sink: StreamSink): void {
     this.sink = sink;
-    for (const b of this.q.drain()) sink.feed(b, false);
+    for (const b of this.q.drain()) sink(b, false);
   }
 
   /** Polite close: flush what was written, end, and wait for the server to close (destroying after `graceMs`). */
