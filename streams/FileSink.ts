@@ -2,6 +2,7 @@ import { Writable } from 'node:stream';
 import { open, lstat, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { partialFileName } from '../lib/format/naming.js';
+import { errnoCode, reason } from './fsErrors.js';
 
 /**
  * FileSink: bytes in, a file out. It writes `<path>.partial` (created
@@ -39,29 +40,6 @@ export class FileSinkError extends Error {
   ) {
     super(message, options);
   }
-}
-
-function errnoCode(error: unknown): string | undefined {
-  const code = (error as NodeJS.ErrnoException | null)?.code;
-  return typeof code === 'string' ? code : undefined;
-}
-
-const REASONS: Record<string, string> = {
-  ENOSPC: 'no space left on device',
-  EDQUOT: 'disk quota exceeded',
-  EACCES: 'permission denied',
-  EPERM: 'operation not permitted',
-  EROFS: 'read-only file system',
-  ENOENT: 'no such directory',
-  ENOTDIR: 'a path component is not a directory',
-  EIO: 'input/output error',
-  EFBIG: 'file too large',
-};
-
-function reason(error: unknown): string {
-  const code = errnoCode(error);
-  if (code !== undefined && REASONS[code] !== undefined) return `${REASONS[code]} (${code})`;
-  return error instanceof Error ? error.message : String(error);
 }
 
 export class FileSink extends Writable {

@@ -15,6 +15,7 @@ import { lstat, open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Chunk } from '../lib/chunk.js';
 import { partialFileName } from '../lib/format/naming.js';
+import { errnoCode } from './fsErrors.js';
 
 export interface RawImageSinkOptions {
   /** Size of the virtual disk: the image's final length. */
@@ -37,11 +38,6 @@ export class RawImageSinkError extends Error {
   ) {
     super(message, options);
   }
-}
-
-function errnoCode(error: unknown): string | undefined {
-  const code = (error as NodeJS.ErrnoException | null)?.code;
-  return typeof code === 'string' ? code : undefined;
 }
 
 function describe(error: unknown): string {
