@@ -13,7 +13,9 @@ import { errnoCode, reason } from './fsErrors.js';
  * or destroy() it closes and removes the partial file. An existing `<path>`
  * is refused before anything is written unless `overwrite` is set.
  * It buffers up to `highWaterMark` bytes (default 8 MiB) and writes all
- * queued chunks in one writev(), for large sequential writes.
+ * queued chunks in one writev(), for large sequential writes. `onWritten`
+ * learns of each buffer once its bytes are in the file, so a producer can
+ * reuse the buffer (NbdReader.release).
  */
 
 export interface FileSinkOptions {
@@ -25,6 +27,8 @@ export interface FileSinkOptions {
   highWaterMark?: number;
   /** Permission bits of the new file, before the umask (default 0o666). */
   mode?: number;
+  /** Called with each written buffer once the sink no longer needs it. */
+  onWritten?: (buffer: Buffer) => void;
 }
 
 /** Why a FileSink could not deliver its file; `path` is the final name. */
@@ -50,6 +54,7 @@ export class FileSink extends Writable {
   private readonly overwrite: boolean;
   private readonly sync: boolean;
   private readonly mode: number;
+  private readonly onWritten: ((buffer: Buffer) => void) | undefined;
   private handle: FileHandle | undefined;
   /** We created the partial file, so it is ours to remove. */
   private created = false;
@@ -66,6 +71,7 @@ export class FileSink extends Writable {
     this.overwrite = options.overwrite ?? false;
     this.sync = options.sync ?? true;
     this.mode = options.mode ?? 0o666;
+    this.onWritten = options.onWritten;
   }
 
   /** Bytes written to the file so far. */
@@ -124,6 +130,7 @@ export class FileSink extends Writable {
         this.written += bytesWritten;
         rest = skipBytes(rest, bytesWritten);
       }
+      if (this.onWritten) for (const b of buffers) this.onWritten(b);
     } catch (error) {
       throw new FileSinkError(`Cannot write ${this.path}: ${reason(error)}`, this.path, errnoCode(error), { cause: error });
     }

@@ -15,6 +15,8 @@
  * Buffers: at most `depth` compressions in flight (input and output), one
  * unit being gathered (at most `unitSize` bytes) and `highWaterMark`
  * chunks on each side; so about (depth + 1) x unitSize bytes with units.
+ * `release` is given each input data buffer once no unit needs it any more
+ * (compressed, or copied into a gathered unit), so its producer can reuse it.
  */
 import { compressFrame } from 'lz4-napi';
 import type { Chunk, FrameSpan } from '../lib/chunk.js';
@@ -28,6 +30,8 @@ export interface Lz4CompressOptions extends OrderedJobOptions {
    * stream is framed for). Default: compress each chunk as it comes.
    */
   unitSize?: number;
+  /** Hands back input data buffers that are no longer needed (NbdReader.release). */
+  release?: (data: Buffer) => void;
 }
 
 /** The LZ4 frame options virtnbdbackup uses (content_checksum, block_checksum). */
@@ -62,6 +66,9 @@ async function compressed(chunk: Chunk, data: Buffer): Promise<Chunk> {
 export class Lz4Compress extends OrderedJobTransform<Chunk, Chunk[]> {
   readonly unitSize: number | undefined;
   private open: OpenFrame | undefined;
+  private readonly release: ((data: Buffer) => void) | undefined;
+  /** Input buffers wholly placed into the unit being gathered, released once it is compressed. */
+  private held: Buffer[] = [];
 
   constructor(options: Lz4CompressOptions = {}) {
     super(options);
@@ -70,6 +77,7 @@ export class Lz4Compress extends OrderedJobTransform<Chunk, Chunk[]> {
       throw new RangeError(`unitSize must be a positive integer, got ${unit}`);
     }
     this.unitSize = unit;
+    this.release = options.release;
   }
 
   protected override start(chunk: Chunk): Promise<Chunk[]> | Chunk[] {
@@ -78,9 +86,23 @@ export class Lz4Compress extends OrderedJobTransform<Chunk, Chunk[]> {
       return [chunk];
     }
     const data = dataOf(chunk);
-    if (this.unitSize === undefined) return compressed(chunk, data).then((c) => [c]);
+    if (this.unitSize === undefined) return compressed(chunk, data).then((c) => this.released([c], [data]));
     const units = this.gather(chunk, data, this.unitSize);
-    return units.length === 0 ? units : Promise.all(units.map((u) => compressed(u, u.data as Buffer)));
+    if (units.length === 0) {
+      this.held.push(data);
+      return units;
+    }
+    // Every held buffer lies in the units completed now; so does `data` unless the open unit still holds its tail.
+    const done = this.held;
+    this.held = [];
+    if (this.open && this.open.pieces.length > 0) this.held.push(data);
+    else done.push(data);
+    return Promise.all(units.map((u) => compressed(u, u.data as Buffer))).then((c) => this.released(c, done));
+  }
+
+  private released(result: Chunk[], inputs: Buffer[]): Chunk[] {
+    if (this.release) for (const b of inputs) this.release(b);
+    return result;
   }
 
   protected override deliver(result: Chunk[]): void {
@@ -141,6 +163,7 @@ export class Lz4Compress extends OrderedJobTransform<Chunk, Chunk[]> {
 
   override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
     this.open = undefined;
+    this.held = [];
     super._destroy(err, callback);
   }
 }

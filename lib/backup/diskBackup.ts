@@ -170,9 +170,11 @@ export async function backupDisk(spec: DiskBackupSpec): Promise<DiskBackupResult
       });
       if (incremental) stages.push(new ZeroAsData());
       stages.push(tap);
-      if (spec.compress !== false) stages.push(new Lz4Compress({ unitSize: client.maxRequestSize, depth: COMPRESS_DEPTH }));
+      // Read buffers go back to the reader once compressed or written, sparing an allocation per request.
+      const release = (data: Buffer): void => reader.release(data);
+      if (spec.compress !== false) stages.push(new Lz4Compress({ unitSize: client.maxRequestSize, depth: COMPRESS_DEPTH, release }));
       checksumTap = new ChecksumTap();
-      sink = spec.output.dataFile(target.dataFile);
+      sink = spec.output.dataFile(target.dataFile, spec.compress === false ? release : undefined);
       stages.push(new SparseFramer({ metadata, maxRequestSize: client.maxRequestSize }), checksumTap, sink);
     }
     try {

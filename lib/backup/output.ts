@@ -21,8 +21,11 @@ import { BackupError, messageOf } from './errors.js';
 export interface SetOutput {
   /** For messages: the directory, or "zip archive on stdout". */
   readonly description: string;
-  /** The Writable a data file's bytes go to; the file counts once it finished. */
-  dataFile(name: string): Writable;
+  /**
+   * The Writable a data file's bytes go to; the file counts once it finished.
+   * `onWritten` is told of each buffer the output is done with (directories only).
+   */
+  dataFile(name: string, onWritten?: (buffer: Buffer) => void): Writable;
   /** A sparse raw image (object mode, Chunks); directories only. */
   rawImage(name: string, virtualSize: number): Writable;
   /** A small file, written whole. */
@@ -55,8 +58,8 @@ export class DirectoryOutput implements SetOutput {
     return this.names;
   }
 
-  dataFile(name: string): Writable {
-    return onFinish(new FileSink(join(this.dir, name)), () => this.names.push(name));
+  dataFile(name: string, onWritten?: (buffer: Buffer) => void): Writable {
+    return onFinish(new FileSink(join(this.dir, name), { onWritten }), () => this.names.push(name));
   }
 
   rawImage(name: string, virtualSize: number): Writable {

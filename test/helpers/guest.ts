@@ -110,12 +110,18 @@ export interface GuestOptions {
   disks?: readonly { image: Image; target?: string }[];
   /** How long to wait for the ready marker and guest-ping (default 180 s). */
   bootTimeoutMs?: number;
+  /**
+   * Boot from this image as vda (e.g. one a restore rebuilt) instead of a
+   * fresh copy of the built root image; the guest writes into it, and the
+   * caller owns the file.
+   */
+  root?: Image;
 }
 
 /** A running guest, made by bootGuest; the TestHost undoes it (VM, images, console log). */
 export interface Guest {
   vm: TestVm;
-  /** The VM's own qcow2 copy of the root image (vda); writes in the guest land here. */
+  /** The VM's root disk (vda): its own qcow2 copy of the root image, or GuestOptions.root; writes in the guest land here. */
   root: Image;
   /** Serial console (ttyS0) of the guest, kernel messages included. */
   consoleLog: string;
@@ -128,7 +134,8 @@ let guestCount = 0;
 
 /**
  * Copy the root image into the host's dir as a standalone qcow2 (no
- * backing chain for backups to trip over), define a TCG VM that boots the
+ * backing chain for backups to trip over), unless opts.root names the
+ * image to boot from, define a TCG VM that boots the
  * guest kernel directly with the root as vda, a guest-agent channel and
  * the serial console in a file, start it, and resolve once the guest
  * printed its ready marker and its agent answers guest-ping.
@@ -136,9 +143,7 @@ let guestCount = 0;
 export async function bootGuest(host: TestHost, opts: GuestOptions = {}): Promise<Guest> {
   const img = await ensureGuestImage();
   const n = ++guestCount;
-  const rootPath = host.path(`guest${n}-root.qcow2`);
-  await run('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', img.rootImage, rootPath]);
-  const root: Image = { path: rootPath, format: 'qcow2', size: (await imageInfo(rootPath, { format: 'qcow2' }))['virtual-size'] };
+  const root = opts.root ?? (await copyRootImage(img, host.path(`guest${n}-root.qcow2`)));
   const consoleLog = host.path(`guest${n}-console.log`);
   const vm = await host.defineVm({
     disks: [{ image: root, target: 'vda' }, ...(opts.disks ?? []).map((d, i) => ({ image: d.image, target: d.target ?? `vd${String.fromCharCode(98 + i)}` }))],
@@ -150,6 +155,12 @@ export async function bootGuest(host: TestHost, opts: GuestOptions = {}): Promis
   await vm.start();
   await waitUntilUp(vm, consoleLog, opts.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS);
   return { vm, root, consoleLog, image: img, bootMs: Date.now() - started };
+}
+
+/** A standalone qcow2 copy of the built root image at `path`. */
+async function copyRootImage(img: GuestImage, path: string): Promise<Image> {
+  await run('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', img.rootImage, path]);
+  return { path, format: 'qcow2', size: (await imageInfo(path, { format: 'qcow2' }))['virtual-size'] };
 }
 
 /** The agent's virtio-serial channel (libvirt picks the host socket) and ttyS0 into a file. */
