@@ -52,7 +52,7 @@ test.serial('full backup: filesystems frozen before the job starts and thawed af
   const r = await runBackup(host, jobArgs(paths, '-d', guest.vm.name, '-l', 'full', '-o', set));
   t.is(r.exitCode, 0, r.stderr);
   const froze = r.stderr.search(/Froze \[1\] filesystems/);
-  const started = r.stderr.indexOf('Starting backup job.');
+  const started = r.stderr.search(/Starting backup job/);
   const thawed = r.stderr.search(/Thawed \[1\] filesystems/);
   t.true(started >= 0 && froze >= 0 && thawed >= 0, r.stderr);
   t.true(started < froze && froze < thawed, 'freeze, job start, thaw, in this order');

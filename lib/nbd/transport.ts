@@ -48,6 +48,8 @@ export class Transport {
   private reader?: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void };
   private sink?: StreamSink;
   private blocked = false;
+  /** The socket is corked until the next tick (writeNow). */
+  private corked = false;
   private readonly waiting: Waiting[] = [];
   private closedWith?: Error;
   private socketError?: Error;
@@ -202,13 +204,22 @@ export class Transport {
     });
   }
 
+  /**
+   * Messages sent in one tick leave in one write: the socket stays corked
+   * until the next tick (a reader issuing 16 requests makes one syscall).
+   */
   private writeNow(bufs: Buffer[]): void {
     const s = this.socket;
-    s.cork();
+    if (!this.corked) {
+      this.corked = true;
+      s.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        s.uncork();
+      });
+    }
     let ok = true;
     for (const b of bufs) ok = s.write(b);
-    s.uncork();
-    // With cork the last write's return value reflects the whole buffer state.
     if (!ok || s.writableNeedDrain) this.blocked = true;
   }
 

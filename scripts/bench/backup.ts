@@ -1,0 +1,159 @@
+/**
+ * `npm run bench -- backup`: full backups of the bench VM (scripts/bench/vm.ts,
+ * the bench disk attached to a paused TCG domain), interleaved for N rounds:
+ *
+ * - virtnbd full and full -z: our CLI as installed (bin/virtnbdbackup on
+ *   dist/, compiled first), the whole command timed, libvirt job included;
+ * - virtnbdbackup full and full -z: Debian's package, the same commands;
+ * - nbdcopy: from the export of a pull-mode backup job started with virsh
+ *   (untimed) to a sparse raw file with --flush, as the limit: it only
+ *   copies, reading the data extents, and syncs at the end like our
+ *   FileSink does.
+ *
+ * Every output lands under BENCH_DIR on the same filesystem and is removed
+ * after its round. Reported: medians, peak RSS (the kernel's, of the whole
+ * process tree), output sizes and the compression ratio of both -z runs.
+ */
+import { mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { loadavg } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { BENCH_DIR, benchDisk } from './disk.js';
+import { run } from './exec.js';
+import { measure, median } from './measure.js';
+import type { BenchResult, BenchRow } from './report.js';
+import { beginPullJob, endJob, startBenchVm, type BenchVm } from './vm.js';
+
+const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const MB = 1e6;
+
+export interface BackupBenchOptions {
+  rounds: number;
+  log: (msg: string) => void;
+}
+
+/** One contender: untimed preparation, the timed command, untimed clean-up returning the output's size. */
+interface Contender {
+  name: string;
+  command(out: string): { cmd: string; args: string[] };
+  before?(out: string): Promise<void>;
+  after?(out: string): Promise<void>;
+}
+
+async function dataFileSize(dir: string): Promise<number> {
+  const names = await readdir(dir).catch(() => [] as string[]);
+  let total = 0;
+  for (const n of names.filter((n) => n.endsWith('.data') || n.endsWith('.raw'))) total += (await stat(join(dir, n))).size;
+  return total;
+}
+
+function contenders(vm: BenchVm, work: string): Contender[] {
+  const ours = join(REPO, 'bin/virtnbdbackup');
+  const socket = join(work, 'job.sock');
+  return [
+    { name: 'virtnbd full', command: (out) => ({ cmd: ours, args: ['-d', vm.name, '-l', 'full', '-o', out, '-n'] }) },
+    { name: 'virtnbdbackup full', command: (out) => ({ cmd: 'virtnbdbackup', args: ['-d', vm.name, '-l', 'full', '-o', out, '-n'] }) },
+    {
+      name: 'nbdcopy',
+      before: () => beginPullJob(vm, socket, work),
+      command: (out) => ({ cmd: 'nbdcopy', args: ['--flush', `nbd+unix:///vda?socket=${socket}`, join(out, 'vda.raw')] }),
+      after: () => endJob(vm),
+    },
+    { name: 'virtnbd full -z', command: (out) => ({ cmd: ours, args: ['-d', vm.name, '-l', 'full', '-z', '-o', out, '-n'] }) },
+    { name: 'virtnbdbackup full -z', command: (out) => ({ cmd: 'virtnbdbackup', args: ['-d', vm.name, '-l', 'full', '-z', '-o', out, '-n'] }) },
+  ];
+}
+
+export async function benchBackup(opts: BackupBenchOptions): Promise<BenchResult> {
+  const { log } = opts;
+  const loadBefore = loadavg();
+  const disk = await benchDisk(log);
+  log('building dist/ (npm run build)');
+  await run(process.execPath, [join(REPO, 'node_modules/typescript/bin/tsc'), '-p', join(REPO, 'tsconfig.json')], { cwd: REPO, timeoutMs: 600_000 });
+  const dir = await mkdtemp(join(BENCH_DIR, 'backup-'));
+  let vm: BenchVm | undefined;
+  const cleanUp = async (): Promise<void> => {
+    await vm?.stop();
+    vm = undefined;
+    await rm(dir, { recursive: true, force: true });
+  };
+  const onSignal = (): void => void cleanUp().finally(() => process.exit(130));
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    vm = await startBenchVm(disk.path, dir, log);
+    const all = contenders(vm, dir);
+    const runs = new Map<string, Array<{ ms: number; rss: number; size: number }>>(all.map((c) => [c.name, []]));
+    for (let r = 0; r < opts.rounds; r++) {
+      for (let k = 0; k < all.length; k++) {
+        const c = all[(r + k) % all.length];
+        const out = join(dir, 'out');
+        await mkdir(out);
+        try {
+          await c.before?.(out);
+          const { cmd, args } = c.command(out);
+          const m = await measure(cmd, args, { cwd: dir, timeoutMs: 900_000 }).finally(() => c.after?.(out));
+          const size = await dataFileSize(out);
+          runs.get(c.name)?.push({ ms: m.wallMs, rss: m.peakRssBytes, size });
+          log(`round ${r + 1}/${opts.rounds} ${c.name}: ${(m.wallMs / 1000).toFixed(2)} s, peak RSS ${(m.peakRssBytes / MB).toFixed(1)} MB, ${size} bytes out`);
+        } finally {
+          await rm(out, { recursive: true, force: true });
+        }
+      }
+    }
+    const rows: BenchRow[] = all.map((c) => {
+      const rs = runs.get(c.name) ?? [];
+      const { cmd, args } = c.command('OUT');
+      return {
+        name: c.name,
+        command: [cmd === join(REPO, 'bin/virtnbdbackup') ? './bin/virtnbdbackup' : cmd, ...args].join(' '),
+        runsMs: rs.map((x) => Math.round(x.ms)),
+        medianMs: median(rs.map((x) => x.ms)),
+        rssRuns: rs.map((x) => x.rss),
+        peakRssBytes: Math.max(...rs.map((x) => x.rss)),
+        reportedBytes: rs[0]?.size,
+      };
+    });
+    const row = (name: string): BenchRow => rows.find((r) => r.name === name) as BenchRow;
+    const ours = row('virtnbd full');
+    const oursZ = row('virtnbd full -z');
+    const peer = row('virtnbdbackup full');
+    const peerZ = row('virtnbdbackup full -z');
+    const nbdcopy = row('nbdcopy');
+    const vsNbdcopy = ours.medianMs / nbdcopy.medianMs;
+    const speedup = peer.medianMs / ours.medianMs;
+    const speedupZ = peerZ.medianMs / oursZ.medianMs;
+    const ratioZ = (oursZ.reportedBytes ?? 0) / disk.dataBytes;
+    const peerRatioZ = (peerZ.reportedBytes ?? 0) / disk.dataBytes;
+    const ratioDiff = Math.abs(ratioZ - peerRatioZ) / peerRatioZ;
+    const peakOurs = Math.max(ours.peakRssBytes, oursZ.peakRssBytes);
+    return {
+      bench: 'backup',
+      rows,
+      targets: [
+        { what: 'full time virtnbd/nbdcopy', value: vsNbdcopy, limit: 1.3, unit: 'x', ok: vsNbdcopy <= 1.3 },
+        { what: 'full speed-up over virtnbdbackup', value: speedup, limit: 3, unit: 'x', ok: speedup >= 3 },
+        { what: 'full -z speed-up over virtnbdbackup -z', value: speedupZ, limit: 3, unit: 'x', ok: speedupZ >= 3 },
+        { what: 'compression ratio difference to virtnbdbackup -z', value: ratioDiff * 100, limit: 5, unit: '%', ok: ratioDiff <= 0.05 },
+        { what: 'peak RSS virtnbd', value: peakOurs / MB, limit: 100, unit: 'MB', ok: peakOurs <= 100 * MB },
+      ],
+      info: {
+        disk: `${disk.path} (${disk.virtualSize} bytes virtual, ${disk.dataBytes} data bytes in ${disk.dataExtents} extents), attached to paused TCG VM`,
+        rounds: opts.rounds,
+        'ratio virtnbd full / nbdcopy (medians)': Number(vsNbdcopy.toFixed(3)),
+        'ratio virtnbdbackup full / virtnbd full': Number(speedup.toFixed(3)),
+        'ratio virtnbdbackup -z / virtnbd -z': Number(speedupZ.toFixed(3)),
+        'compressed size / data, virtnbd': Number(ratioZ.toFixed(4)),
+        'compressed size / data, virtnbdbackup': Number(peerRatioZ.toFixed(4)),
+        'virtnbdbackup version': (await run('virtnbdbackup', ['-V']).catch(() => ({ stdout: '?' }))).stdout.trim(),
+        'load average before': loadBefore.map((x) => x.toFixed(2)).join(' '),
+        'load average after': loadavg().map((x) => x.toFixed(2)).join(' '),
+        node: process.version,
+      },
+    };
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await cleanUp();
+  }
+}
