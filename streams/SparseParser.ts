@@ -4,7 +4,8 @@
  * (down to single bytes). The meta frame sets `metadata` (and emits
  * 'metadata'); zero frames become zero chunks; uncompressed data frames
  * become data chunks of at most `maxPieceSize` bytes, with `frame` set when a
- * frame was split. In compressed streams each LZ4 frame of a data payload
+ * frame was split; a piece is cut short at a 64 KiB-aligned disk offset
+ * where an input buffer ends, so most pieces are views of the input, not copies. In compressed streams each LZ4 frame of a data payload
  * becomes one chunk with `lz4` and `frame` set; since its uncompressed size
  * is unknown until decompression, such a chunk carries the whole data frame's
  * span as `offset`/`length` (so the first piece's offset is right) and
@@ -71,6 +72,13 @@ interface DataFrame {
   consumed: number;
 }
 
+/**
+ * Uncompressed pieces are cut where an input buffer ends, at a disk offset
+ * that is a multiple of this (qcow2's default cluster size, so writes stay
+ * cluster-aligned); only the short rest is copied into the next piece.
+ */
+const PIECE_ALIGNMENT = 64 * 1024;
+
 export class SparseParser extends Transform {
   /** The stream's metadata, once the meta frame has been read. */
   metadata: StreamMetadata | undefined;
@@ -96,6 +104,8 @@ export class SparseParser extends Transform {
   /** Collected slices: metadata JSON, a plain piece, an LZ4 frame, or the trailer. */
   private parts: Buffer[] = [];
   private partsLength = 0;
+  /** The parts are the tail of an input cut at an aligned offset: complete them only up to the next one. */
+  private carrying = false;
   private metaLength = 0;
   private data: DataFrame | undefined;
   private walker: Lz4FrameWalker | undefined;
@@ -195,11 +205,31 @@ export class SparseParser extends Transform {
         }
         case 'plainData': {
           const frame = this.data!;
-          const take = Math.min(frame.span.length - frame.consumed, this.maxPieceSize - this.partsLength, available);
+          const left = frame.span.length - frame.consumed;
+          const limit = this.carrying ? PIECE_ALIGNMENT - this.partsLength : this.maxPieceSize - this.partsLength;
+          const take = Math.min(left, limit, available);
+          const completes = take === left || take === limit;
+          if (!completes && this.partsLength === 0) {
+            // The input ends inside this piece: pass its part up to an aligned disk offset on
+            // without copying, and complete the rest (< PIECE_ALIGNMENT) from the next input.
+            const start = frame.span.offset + frame.consumed;
+            const cut = Math.floor((start + take) / PIECE_ALIGNMENT) * PIECE_ALIGNMENT - start;
+            if (cut > 0 && !this.carrying) {
+              this.collect(input, at, cut);
+              frame.consumed += cut;
+              at += cut;
+              this.emitPlainPiece();
+              this.carrying = true;
+              break;
+            }
+          }
           this.collect(input, at, take);
           frame.consumed += take;
           at += take;
-          if (this.partsLength === this.maxPieceSize || frame.consumed === frame.span.length) this.emitPlainPiece();
+          if (completes) {
+            this.emitPlainPiece();
+            this.carrying = false;
+          }
           break;
         }
         case 'lz4Frame': {

@@ -2,7 +2,7 @@ import { Readable } from 'node:stream';
 import { createReadStream } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
 import { crc32, createInflateRaw } from 'node:zlib';
-import unzipper from 'unzipper';
+import type unzipper from 'unzipper';
 
 /**
  * ZipSource: a zip archive in (a file path, or any byte stream such as
@@ -384,7 +384,9 @@ export class ZipSource implements AsyncIterable<ZipEntry> {
     const file = new RangeStreams(path, this.highWaterMark);
     let directory: unzipper.CentralDirectory;
     try {
-      directory = await unzipper.Open.custom({ size: async () => size, stream: (offset, length) => file.stream(offset, length) });
+      // Loaded on first use: unzipper costs ~10 MB in processes that never read a zip.
+      const { Open } = (await import('unzipper')).default;
+      directory = await Open.custom({ size: async () => size, stream: (offset, length) => file.stream(offset, length) });
     } catch (error) {
       throw new ZipSourceError(`${path} is not a readable zip archive: ${message(error)}`, { cause: error });
     } finally {

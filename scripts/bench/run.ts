@@ -2,7 +2,7 @@
  * `npm run bench -- [NAME] [flags]`: run benchmarks, print a table per
  * benchmark and save each result as JSON under bench/results/.
  *
- * NAME: `nbd`, `backup`, `map` (more to come: restore); none runs all there are.
+ * NAME: `nbd`, `backup`, `restore`, `map`; none runs all there are.
  * Flags (nbd): --rounds N (default 3), --connections N (default 1),
  * --tsx (also time our reader under tsx), --nbdcopy-default (also time
  * nbdcopy with its default request size), --no-release (also time our
@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { benchNbd } from './nbd.js';
 import { benchMap } from './map.js';
 import { benchBackup } from './backup.js';
+import { benchRestore } from './restore.js';
 import { formatResult, saveResult, type BenchResult } from './report.js';
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -31,7 +32,7 @@ interface Flags {
   nodeFlags: string[];
 }
 
-const USAGE = 'usage: npm run bench -- [nbd|backup|map] [--rounds N] [--connections N] [--tsx] [--nbdcopy-default] [--no-release] [--request-size BYTES] [--in-flight N] [--node-flag FLAG]';
+const USAGE = 'usage: npm run bench -- [nbd|backup|restore|map] [--rounds N] [--connections N] [--tsx] [--nbdcopy-default] [--no-release] [--request-size BYTES] [--in-flight N] [--node-flag FLAG]';
 
 function parse(argv: string[]): { names: string[]; flags: Flags } {
   const names: string[] = [];
@@ -68,6 +69,7 @@ function parse(argv: string[]): { names: string[]; flags: Flags } {
 const BENCHES: Record<string, (f: Flags) => Promise<BenchResult>> = {
   nbd: (f) => benchNbd({ ...f, log: (m) => console.error(m) }),
   backup: (f) => benchBackup({ rounds: f.rounds, log: (m) => console.error(m) }),
+  restore: (f) => benchRestore({ rounds: f.rounds, log: (m) => console.error(m) }),
   map: (f) => benchMap({ rounds: f.rounds, log: (m) => console.error(m) }),
 };
 

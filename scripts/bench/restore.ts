@@ -1,0 +1,191 @@
+/**
+ * `npm run bench -- restore`: rebuild the bench disk from a full backup
+ * set, interleaved for N rounds:
+ *
+ * - virtnbd: our CLI (bin/virtnbdrestore on dist/, compiled first), the
+ *   whole command timed: qemu-img create, our qemu-nbd, writing, closing
+ *   and fsyncing the image;
+ * - virtnbdrestore: Debian's package, the same command;
+ * - nbdcopy: from the bench disk as a sparse raw file into a new qcow2
+ *   (qemu-img create, untimed) served by qemu-nbd with its default cache,
+ *   with --flush, as the limit: it writes the same data extents and
+ *   nothing else.
+ *
+ * The set is made once by Debian's virtnbdbackup from the bench VM and
+ * cached under BENCH_DIR/restore-set/ while the bench disk is the same.
+ * One untimed pass checks that each tool's image equals the bench disk
+ * (`qemu-img compare`).
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { loadavg } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { BENCH_DIR, benchDisk, type BenchDisk } from './disk.js';
+import { run } from './exec.js';
+import { measure, median } from './measure.js';
+import type { BenchResult, BenchRow } from './report.js';
+import { startBenchVm } from './vm.js';
+
+const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const MB = 1e6;
+
+export interface RestoreBenchOptions {
+  rounds: number;
+  log: (msg: string) => void;
+}
+
+interface Contender {
+  name: string;
+  command(out: string): { cmd: string; args: string[] };
+  before?(out: string): Promise<void>;
+  after?(out: string): Promise<void>;
+}
+
+/** The full backup set (Debian's virtnbdbackup of the bench VM), built once. */
+async function restoreSet(disk: BenchDisk, log: (m: string) => void): Promise<string> {
+  const root = join(BENCH_DIR, 'restore-set');
+  const set = join(root, 'set');
+  const stamp = join(root, 'source.json');
+  const source = await readFile(join(BENCH_DIR, 'bench.json'), 'utf8');
+  if (existsSync(stamp) && (await readFile(stamp, 'utf8')) === source) return set;
+  log(`building the restore bench set in ${set} (Debian virtnbdbackup full of the bench VM)`);
+  await rm(root, { recursive: true, force: true });
+  await mkdir(root, { recursive: true });
+  const vm = await startBenchVm(disk.path, root, log);
+  try {
+    await run('virtnbdbackup', ['-d', vm.name, '-l', 'full', '-o', set, '-n'], { cwd: root, timeoutMs: 900_000 });
+  } finally {
+    await vm.stop();
+  }
+  await writeFile(stamp, source);
+  return set;
+}
+
+/** The one image a tool wrote into `out` (its name comes from the VM's disk). */
+async function restoredImage(out: string): Promise<string> {
+  const files = (await readdir(out)).filter((f) => !/\.(log|xml|json)$/.test(f));
+  if (files.length !== 1) throw new Error(`expected one restored image in ${out}, found: ${files.join(', ') || 'none'}`);
+  return join(out, files[0]);
+}
+
+/** qemu-nbd serving a new qcow2 (default cache), for nbdcopy to write into. */
+function nbdcopyTarget(disk: BenchDisk, work: string): Contender {
+  const socket = join(work, 'target.sock');
+  const pidFile = join(work, 'target.pid');
+  const raw = join(BENCH_DIR, 'bench.raw');
+  const stopServer = async (): Promise<void> => {
+    const pid = Number.parseInt(await readFile(pidFile, 'utf8').catch(() => ''), 10);
+    if (!(pid > 1)) return;
+    try {
+      process.kill(pid, 'SIGTERM');
+    } catch {
+      return;
+    }
+    for (let i = 0; i < 200; i++) {
+      try {
+        process.kill(pid, 0);
+      } catch {
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await rm(pidFile, { force: true });
+  };
+  return {
+    name: 'nbdcopy',
+    async before(out) {
+      if (!existsSync(raw)) await run('qemu-img', ['convert', '-O', 'raw', '-S', '4k', disk.path, raw], { timeoutMs: 600_000 });
+      await run('qemu-img', ['create', '-q', '-f', 'qcow2', join(out, 'vda.qcow2'), String(disk.virtualSize)]);
+      await run('qemu-nbd', ['-t', '-f', 'qcow2', '-x', 'vda', '-k', socket, '--fork', '--pid-file', pidFile, join(out, 'vda.qcow2')]);
+    },
+    command: () => ({ cmd: 'nbdcopy', args: ['--flush', raw, `nbd+unix:///vda?socket=${socket}`] }),
+    after: stopServer,
+  };
+}
+
+export async function benchRestore(opts: RestoreBenchOptions): Promise<BenchResult> {
+  const { log } = opts;
+  const loadBefore = loadavg();
+  const disk = await benchDisk(log);
+  const set = await restoreSet(disk, log);
+  log('building dist/ (npm run build)');
+  await run(process.execPath, [join(REPO, 'node_modules/typescript/bin/tsc'), '-p', join(REPO, 'tsconfig.json')], { cwd: REPO, timeoutMs: 600_000 });
+  const dir = await mkdtemp(join(BENCH_DIR, 'restore-'));
+  const ours = join(REPO, 'bin/virtnbdrestore');
+  const all: Contender[] = [
+    { name: 'virtnbd', command: (out) => ({ cmd: ours, args: ['-i', set, '-o', out, '-n'] }) },
+    { name: 'virtnbdrestore', command: (out) => ({ cmd: 'virtnbdrestore', args: ['-i', set, '-o', out, '-n'] }) },
+    nbdcopyTarget(disk, dir),
+  ];
+  const onSignal = (): void => void rm(dir, { recursive: true, force: true }).finally(() => process.exit(130));
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    const runs = new Map<string, Array<{ ms: number; rss: number; allocated: number }>>(all.map((c) => [c.name, []]));
+    const same = new Map<string, boolean>();
+    for (let r = 0; r < opts.rounds; r++) {
+      for (let k = 0; k < all.length; k++) {
+        const c = all[(r + k) % all.length];
+        const out = join(dir, 'out');
+        await mkdir(out);
+        try {
+          await c.before?.(out);
+          const { cmd, args } = c.command(out);
+          const m = await measure(cmd, args, { cwd: dir, timeoutMs: 900_000 }).finally(() => c.after?.(out));
+          const image = await restoredImage(out);
+          const allocated = (await stat(image)).blocks * 512;
+          if (!same.has(c.name)) {
+            same.set(c.name, await run('qemu-img', ['compare', '-q', disk.path, image], { timeoutMs: 600_000 }).then(() => true, () => false));
+          }
+          runs.get(c.name)?.push({ ms: m.wallMs, rss: m.peakRssBytes, allocated });
+          log(`round ${r + 1}/${opts.rounds} ${c.name}: ${(m.wallMs / 1000).toFixed(2)} s, peak RSS ${(m.peakRssBytes / MB).toFixed(1)} MB, image ${allocated} bytes allocated`);
+        } finally {
+          await rm(out, { recursive: true, force: true });
+        }
+      }
+    }
+    const rows: BenchRow[] = all.map((c) => {
+      const rs = runs.get(c.name) ?? [];
+      const { cmd, args } = c.command('OUT');
+      return {
+        name: c.name,
+        command: [cmd === ours ? './bin/virtnbdrestore' : cmd, ...args].join(' '),
+        runsMs: rs.map((x) => Math.round(x.ms)),
+        medianMs: median(rs.map((x) => x.ms)),
+        rssRuns: rs.map((x) => x.rss),
+        peakRssBytes: Math.max(...rs.map((x) => x.rss)),
+        reportedBytes: rs[0]?.allocated,
+      };
+    });
+    const row = (name: string): BenchRow => rows.find((r) => r.name === name) as BenchRow;
+    const vsNbdcopy = row('virtnbd').medianMs / row('nbdcopy').medianMs;
+    const speedup = row('virtnbdrestore').medianMs / row('virtnbd').medianMs;
+    const rss = row('virtnbd').peakRssBytes;
+    return {
+      bench: 'restore',
+      rows,
+      targets: [
+        { what: 'restore time virtnbd/nbdcopy', value: vsNbdcopy, limit: 1.3, unit: 'x', ok: vsNbdcopy <= 1.3 },
+        { what: 'restore speed-up over virtnbdrestore', value: speedup, limit: 1.8, unit: 'x', ok: speedup >= 1.8 },
+        { what: 'peak RSS virtnbd', value: rss / MB, limit: 100, unit: 'MB', ok: rss <= 100 * MB },
+      ],
+      info: {
+        disk: `${disk.path} (${disk.virtualSize} bytes virtual, ${disk.dataBytes} data bytes in ${disk.dataExtents} extents)`,
+        set,
+        rounds: opts.rounds,
+        'ratio virtnbd / nbdcopy (medians)': Number(vsNbdcopy.toFixed(3)),
+        'ratio virtnbdrestore / virtnbd': Number(speedup.toFixed(3)),
+        'images equal the bench disk (qemu-img compare)': [...same].map(([k, v]) => `${k} ${v ? 'yes' : 'NO'}`).join(', '),
+        'own bytes column': 'bytes allocated by the restored image',
+        'load average before': loadBefore.map((x) => x.toFixed(2)).join(' '),
+        'load average after': loadavg().map((x) => x.toFixed(2)).join(' '),
+        node: process.version,
+      },
+    };
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await rm(dir, { recursive: true, force: true });
+  }
+}
