@@ -14,14 +14,14 @@
  * after its round. Reported: medians, peak RSS (the kernel's, of the whole
  * process tree), output sizes and the compression ratio of both -z runs.
  */
-import { mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BENCH_DIR, benchDisk } from './disk.js';
 import { run } from './exec.js';
-import { measure, median } from './measure.js';
 import type { BenchResult, BenchRow } from './report.js';
+import { roundRows, runRounds, type Contender } from './rounds.js';
 import { beginPullJob, endJob, startBenchVm, type BenchVm } from './vm.js';
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -30,14 +30,6 @@ const MB = 1e6;
 export interface BackupBenchOptions {
   rounds: number;
   log: (msg: string) => void;
-}
-
-/** One contender: untimed preparation, the timed command, untimed clean-up returning the output's size. */
-interface Contender {
-  name: string;
-  command(out: string): { cmd: string; args: string[] };
-  before?(out: string): Promise<void>;
-  after?(out: string): Promise<void>;
 }
 
 async function dataFileSize(dir: string): Promise<number> {
@@ -83,37 +75,8 @@ export async function benchBackup(opts: BackupBenchOptions): Promise<BenchResult
   try {
     vm = await startBenchVm(disk.path, dir, log);
     const all = contenders(vm, dir);
-    const runs = new Map<string, Array<{ ms: number; rss: number; size: number }>>(all.map((c) => [c.name, []]));
-    for (let r = 0; r < opts.rounds; r++) {
-      for (let k = 0; k < all.length; k++) {
-        const c = all[(r + k) % all.length];
-        const out = join(dir, 'out');
-        await mkdir(out);
-        try {
-          await c.before?.(out);
-          const { cmd, args } = c.command(out);
-          const m = await measure(cmd, args, { cwd: dir, timeoutMs: 900_000 }).finally(() => c.after?.(out));
-          const size = await dataFileSize(out);
-          runs.get(c.name)?.push({ ms: m.wallMs, rss: m.peakRssBytes, size });
-          log(`round ${r + 1}/${opts.rounds} ${c.name}: ${(m.wallMs / 1000).toFixed(2)} s, peak RSS ${(m.peakRssBytes / MB).toFixed(1)} MB, ${size} bytes out`);
-        } finally {
-          await rm(out, { recursive: true, force: true });
-        }
-      }
-    }
-    const rows: BenchRow[] = all.map((c) => {
-      const rs = runs.get(c.name) ?? [];
-      const { cmd, args } = c.command('OUT');
-      return {
-        name: c.name,
-        command: [cmd === join(REPO, 'bin/virtnbdbackup') ? './bin/virtnbdbackup' : cmd, ...args].join(' '),
-        runsMs: rs.map((x) => Math.round(x.ms)),
-        medianMs: median(rs.map((x) => x.ms)),
-        rssRuns: rs.map((x) => x.rss),
-        peakRssBytes: Math.max(...rs.map((x) => x.rss)),
-        reportedBytes: rs[0]?.size,
-      };
-    });
+    const runs = await runRounds(all, { rounds: opts.rounds, dir, outcome: (_c, out) => dataFileSize(out), log });
+    const rows = roundRows(all, runs, (cmd) => (cmd === join(REPO, 'bin/virtnbdbackup') ? './bin/virtnbdbackup' : cmd));
     const row = (name: string): BenchRow => rows.find((r) => r.name === name) as BenchRow;
     const ours = row('virtnbd full');
     const oursZ = row('virtnbd full -z');

@@ -3,6 +3,8 @@
  * reject with an error naming the command, its exit status and its stderr.
  */
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 
 export interface RunResult {
   stdout: string;
@@ -35,4 +37,33 @@ export function run(cmd: string, args: readonly string[], opts: { timeoutMs?: nu
       else reject(new Error(`\`${line}\` ${signal ? `was killed by ${signal}` : `exited with code ${code}`}${stderr.trim() ? `: ${stderr.trim()}` : ''}`));
     });
   });
+}
+
+export async function waitGone(pid: number, ms = 10_000): Promise<void> {
+  const until = Date.now() + ms;
+  for (;;) {
+    try {
+      process.kill(pid, 0);
+    } catch {
+      return;
+    }
+    if (Date.now() > until) {
+      process.kill(pid, 'SIGKILL');
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Stop a daemon we started, by the pid it wrote. */
+export async function stopPidFile(pidFile: string): Promise<void> {
+  if (!existsSync(pidFile)) return;
+  const pid = Number.parseInt(await readFile(pidFile, 'utf8'), 10);
+  if (!Number.isSafeInteger(pid) || pid <= 1) return;
+  try {
+    process.kill(pid, 'SIGTERM');
+  } catch {
+    return;
+  }
+  await waitGone(pid);
 }

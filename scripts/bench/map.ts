@@ -20,7 +20,7 @@ import { loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BENCH_DIR, benchDisk } from './disk.js';
-import { run } from './exec.js';
+import { run, stopPidFile } from './exec.js';
 import { mapSet } from './map-set.js';
 import { measure, median } from './measure.js';
 import type { BenchResult, BenchRow } from './report.js';
@@ -100,25 +100,7 @@ async function startQemuNbd(image: string, dir: string): Promise<Server> {
     name: 'qemu-nbd (restored qcow2)',
     uri: `nbd+unix:///bench?socket=${socket}`,
     peakRss: async () => undefined,
-    async stop() {
-      if (!existsSync(pidFile)) return;
-      const pid = Number.parseInt(await readFile(pidFile, 'utf8'), 10);
-      if (!(pid > 1)) return;
-      try {
-        process.kill(pid, 'SIGTERM');
-      } catch {
-        return;
-      }
-      for (let i = 0; i < 200; i++) {
-        try {
-          process.kill(pid, 0);
-        } catch {
-          return;
-        }
-        await new Promise((r) => setTimeout(r, 50));
-      }
-      process.kill(pid, 'SIGKILL');
-    },
+    stop: () => stopPidFile(pidFile),
   };
 }
 

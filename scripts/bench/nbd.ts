@@ -22,7 +22,7 @@ import { loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BENCH_DIR, benchDisk } from './disk.js';
-import { run } from './exec.js';
+import { run, stopPidFile } from './exec.js';
 import { measure, median } from './measure.js';
 import type { BenchResult, BenchRow } from './report.js';
 
@@ -64,35 +64,6 @@ interface Server {
 
 function uriOf(socket: string): string {
   return `nbd+unix:///bench?socket=${socket}`;
-}
-
-async function waitGone(pid: number, ms = 10_000): Promise<void> {
-  const until = Date.now() + ms;
-  for (;;) {
-    try {
-      process.kill(pid, 0);
-    } catch {
-      return;
-    }
-    if (Date.now() > until) {
-      process.kill(pid, 'SIGKILL');
-      return;
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-/** Stop a daemon we started, by the pid it wrote. */
-async function stopPidFile(pidFile: string): Promise<void> {
-  if (!existsSync(pidFile)) return;
-  const pid = Number.parseInt(await readFile(pidFile, 'utf8'), 10);
-  if (!Number.isSafeInteger(pid) || pid <= 1) return;
-  try {
-    process.kill(pid, 'SIGTERM');
-  } catch {
-    return;
-  }
-  await waitGone(pid);
 }
 
 /** qemu-nbd serving the image read-only and persistently; --fork returns once the socket listens. */

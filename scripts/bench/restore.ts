@@ -22,9 +22,9 @@ import { loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BENCH_DIR, benchDisk, type BenchDisk } from './disk.js';
-import { run } from './exec.js';
-import { measure, median } from './measure.js';
+import { run, stopPidFile } from './exec.js';
 import type { BenchResult, BenchRow } from './report.js';
+import { roundRows, runRounds, type Contender } from './rounds.js';
 import { startBenchVm } from './vm.js';
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -33,13 +33,6 @@ const MB = 1e6;
 export interface RestoreBenchOptions {
   rounds: number;
   log: (msg: string) => void;
-}
-
-interface Contender {
-  name: string;
-  command(out: string): { cmd: string; args: string[] };
-  before?(out: string): Promise<void>;
-  after?(out: string): Promise<void>;
 }
 
 /** The full backup set (Debian's virtnbdbackup of the bench VM), built once. */
@@ -74,24 +67,6 @@ function nbdcopyTarget(disk: BenchDisk, work: string): Contender {
   const socket = join(work, 'target.sock');
   const pidFile = join(work, 'target.pid');
   const raw = join(BENCH_DIR, 'bench.raw');
-  const stopServer = async (): Promise<void> => {
-    const pid = Number.parseInt(await readFile(pidFile, 'utf8').catch(() => ''), 10);
-    if (!(pid > 1)) return;
-    try {
-      process.kill(pid, 'SIGTERM');
-    } catch {
-      return;
-    }
-    for (let i = 0; i < 200; i++) {
-      try {
-        process.kill(pid, 0);
-      } catch {
-        break;
-      }
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    await rm(pidFile, { force: true });
-  };
   return {
     name: 'nbdcopy',
     async before(out) {
@@ -100,7 +75,7 @@ function nbdcopyTarget(disk: BenchDisk, work: string): Contender {
       await run('qemu-nbd', ['-t', '-f', 'qcow2', '-x', 'vda', '-k', socket, '--fork', '--pid-file', pidFile, join(out, 'vda.qcow2')]);
     },
     command: () => ({ cmd: 'nbdcopy', args: ['--flush', raw, `nbd+unix:///vda?socket=${socket}`] }),
-    after: stopServer,
+    after: () => stopPidFile(pidFile),
   };
 }
 
@@ -122,42 +97,17 @@ export async function benchRestore(opts: RestoreBenchOptions): Promise<BenchResu
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
-    const runs = new Map<string, Array<{ ms: number; rss: number; allocated: number }>>(all.map((c) => [c.name, []]));
     const same = new Map<string, boolean>();
-    for (let r = 0; r < opts.rounds; r++) {
-      for (let k = 0; k < all.length; k++) {
-        const c = all[(r + k) % all.length];
-        const out = join(dir, 'out');
-        await mkdir(out);
-        try {
-          await c.before?.(out);
-          const { cmd, args } = c.command(out);
-          const m = await measure(cmd, args, { cwd: dir, timeoutMs: 900_000 }).finally(() => c.after?.(out));
-          const image = await restoredImage(out);
-          const allocated = (await stat(image)).blocks * 512;
-          if (!same.has(c.name)) {
-            same.set(c.name, await run('qemu-img', ['compare', '-q', disk.path, image], { timeoutMs: 600_000 }).then(() => true, () => false));
-          }
-          runs.get(c.name)?.push({ ms: m.wallMs, rss: m.peakRssBytes, allocated });
-          log(`round ${r + 1}/${opts.rounds} ${c.name}: ${(m.wallMs / 1000).toFixed(2)} s, peak RSS ${(m.peakRssBytes / MB).toFixed(1)} MB, image ${allocated} bytes allocated`);
-        } finally {
-          await rm(out, { recursive: true, force: true });
-        }
+    // The size reported is what the restored image allocates; the first image of each tool is compared with the disk.
+    const outcome = async (c: Contender, out: string): Promise<number> => {
+      const image = await restoredImage(out);
+      if (!same.has(c.name)) {
+        same.set(c.name, await run('qemu-img', ['compare', '-q', disk.path, image], { timeoutMs: 600_000 }).then(() => true, () => false));
       }
-    }
-    const rows: BenchRow[] = all.map((c) => {
-      const rs = runs.get(c.name) ?? [];
-      const { cmd, args } = c.command('OUT');
-      return {
-        name: c.name,
-        command: [cmd === ours ? './bin/virtnbdrestore' : cmd, ...args].join(' '),
-        runsMs: rs.map((x) => Math.round(x.ms)),
-        medianMs: median(rs.map((x) => x.ms)),
-        rssRuns: rs.map((x) => x.rss),
-        peakRssBytes: Math.max(...rs.map((x) => x.rss)),
-        reportedBytes: rs[0]?.allocated,
-      };
-    });
+      return (await stat(image)).blocks * 512;
+    };
+    const runs = await runRounds(all, { rounds: opts.rounds, dir, outcome, log });
+    const rows = roundRows(all, runs, (cmd) => (cmd === ours ? './bin/virtnbdrestore' : cmd));
     const row = (name: string): BenchRow => rows.find((r) => r.name === name) as BenchRow;
     const vsNbdcopy = row('virtnbd').medianMs / row('nbdcopy').medianMs;
     const speedup = row('virtnbdrestore').medianMs / row('virtnbd').medianMs;
