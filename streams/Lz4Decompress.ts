@@ -7,19 +7,26 @@
  * stage assigns every piece its true `offset` (frame start plus the bytes of
  * the pieces before it) and `length`, checks that the pieces of each data
  * frame add up exactly to the frame's length, and sets `frame` on the output
- * only when the frame was split. lz4-napi verifies the block and content
- * checksums; any failure becomes an Lz4DataError naming the frame (counted as
- * SparseParser counts them: meta is frame 0, each zero chunk or new data frame
- * the next) and its disk offset. Up to `depth` decompressions run at once;
- * output keeps input order. Buffers at most `depth` chunks in flight plus
- * `highWaterMark` on each side.
+ * only when the frame was split. Decoding runs on worker threads
+ * (lib/lz4/pool.ts, our own decoder), which verify every block checksum and
+ * the content checksum the frame carries; any failure becomes an
+ * Lz4DataError naming the frame (counted as SparseParser counts them: meta
+ * is frame 0, each zero chunk or new data frame the next), its disk offset
+ * and the byte of the LZ4 frame where it went wrong. Up to `depth`
+ * (default 2) decompressions run at once; output keeps input order.
+ * Buffers: at most `depth` chunks in flight (input and output), plus
+ * `highWaterMark` (default 1) on each side, and the workers' input slots;
+ * recycle() takes decoded buffers back once written, for reuse.
  */
-import { decompressFrame } from 'lz4-napi';
 import type { Chunk, FrameSpan } from '../lib/chunk.js';
 import { Lz4DataError } from '../lib/format/errors.js';
 import { OrderedJobTransform, type OrderedJobOptions } from '../lib/format/orderedJobTransform.js';
+import { Lz4WorkerPool } from '../lib/lz4/pool.js';
 
-export type Lz4DecompressOptions = OrderedJobOptions;
+export interface Lz4DecompressOptions extends OrderedJobOptions {
+  /** Worker threads to decompress on (default: the process-wide pool). */
+  pool?: Lz4WorkerPool;
+}
 
 interface Piece {
   chunk: Chunk;
@@ -41,9 +48,21 @@ export class Lz4Decompress extends OrderedJobTransform<Chunk, Piece> {
   private lastSpan: FrameSpan | undefined;
   /** The data frame whose pieces are being delivered. */
   private open: OpenFrame | undefined;
+  private readonly pool: Lz4WorkerPool;
 
   constructor(options: Lz4DecompressOptions = {}) {
-    super(options);
+    // Two frames in flight keep a worker busy (one decoding, one queued); each holds up to 32 MiB of output.
+    super({ ...options, depth: options.depth ?? 2, highWaterMark: options.highWaterMark ?? 1 });
+    this.pool = options.pool ?? Lz4WorkerPool.shared();
+  }
+
+  /**
+   * Hand back a decompressed `data` buffer of this stage once written (a
+   * sink's onWritten), so a later frame decodes into memory already
+   * resident instead of fresh pages. Other buffers are ignored.
+   */
+  recycle(data: Uint8Array): void {
+    this.pool.recycle(data);
   }
 
   protected override start(chunk: Chunk): Promise<Piece> | Piece {
@@ -54,7 +73,7 @@ export class Lz4Decompress extends OrderedJobTransform<Chunk, Piece> {
     this.lastSpan = chunk.zero ? undefined : frame;
     const frameIndex = this.frameCount;
     if (chunk.zero || chunk.lz4 === undefined) return { chunk, data: undefined, frame, frameIndex };
-    return decompressFrame(chunk.lz4).then(
+    return this.pool.decompressFrame(chunk.lz4).then(
       (data): Piece => ({ chunk, data, frame, frameIndex }),
       (err: unknown) => {
         throw new Lz4DataError(frameIndex, frame.offset, `cannot decompress LZ4 data: ${describe(err)}`);
@@ -107,8 +126,5 @@ export class Lz4Decompress extends OrderedJobTransform<Chunk, Piece> {
 }
 
 function describe(err: unknown): string {
-  const message = err instanceof Error ? err.message : String(err);
-  if (message === 'BlockChecksumError') return 'LZ4 block checksum mismatch (corrupt data)';
-  if (message === 'ContentChecksumError') return 'LZ4 content checksum mismatch (corrupt data)';
-  return message;
+  return err instanceof Error ? err.message : String(err);
 }

@@ -23,6 +23,7 @@ import {
   UnknownFrameKindError,
 } from '../lib/format/errors.js';
 import { createMetadata, serializeMetadata, type StreamMetadata } from '../lib/format/metadata.js';
+import { parseLz4FrameDescriptor } from '../lib/format/lz4Frame.js';
 import { trailerEntryTotal } from '../lib/format/trailer.js';
 import { Lz4Compress, LZ4_FRAME_OPTIONS } from '../streams/Lz4Compress.js';
 import { Lz4Decompress } from '../streams/Lz4Decompress.js';
@@ -298,10 +299,11 @@ test('compressed stream without its trailer', async (t) => {
 test('corrupted LZ4 block: checksum error naming frame and disk offset', async (t) => {
   const { bytes, payloadAt } = await sample(true);
   // Frame 3's payload is one LZ4 frame of 3000 random bytes, stored as a raw block:
-  // 7 header bytes, 4 block-size bytes, then the data. Flip a data byte.
-  t.is(bytes.readUInt32LE(payloadAt[3]! + 7) >>> 31, 1, 'block stored uncompressed');
+  // the header, 4 block-size bytes, then the data. Flip a data byte.
+  const header = parseLz4FrameDescriptor(bytes.subarray(payloadAt[3]!)).headerLength;
+  t.is(bytes.readUInt32LE(payloadAt[3]! + header) >>> 31, 1, 'block stored uncompressed');
   const corrupt = Buffer.from(bytes);
-  corrupt[payloadAt[3]! + 7 + 4 + 100]! ^= 0x40;
+  corrupt[payloadAt[3]! + header + 4 + 100]! ^= 0x40;
   await rejects(t, corrupt, Lz4DataError, {
     frameIndex: 3,
     byteOffset: undefined,

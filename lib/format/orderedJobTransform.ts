@@ -1,6 +1,6 @@
 /**
  * Base for the LZ4 stages: an object-mode Transform that runs up to `depth`
- * asynchronous jobs (compressions or decompressions in libuv's thread pool)
+ * asynchronous jobs (compressions or decompressions on worker threads)
  * at once and delivers their results strictly in input order. It holds the
  * write callback while `depth` jobs are pending, so at most `depth` inputs and
  * outputs are in memory besides the readable buffer (which Node itself bounds
@@ -39,6 +39,16 @@ export abstract class OrderedJobTransform<In, Out> extends Transform {
   /** Start work on one input, in input order. Return the result directly when there is no work. */
   protected abstract start(input: In): Promise<Out> | Out;
 
+  /**
+   * True for a result returned directly that has nothing to deliver: it
+   * then takes no place in the queue (order is unaffected, as it delivers
+   * nothing), so inputs that only feed work in progress do not count
+   * against `depth`.
+   */
+  protected isEmpty(_result: Out): boolean {
+    return false;
+  }
+
   /** Called with each result in input order; may throw to fail the stream. */
   protected deliver(result: Out): void {
     this.push(result);
@@ -53,6 +63,10 @@ export abstract class OrderedJobTransform<In, Out> extends Transform {
       started = this.start(input);
     } catch (err) {
       callback(err as Error);
+      return;
+    }
+    if (!(started instanceof Promise) && this.isEmpty(started)) {
+      callback();
       return;
     }
     const job: Job<Out> = { done: false, value: undefined };

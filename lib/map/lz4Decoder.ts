@@ -15,86 +15,20 @@
  * the content checksum when there are no block checksums (with them it
  * would only hash the same bytes a second time: xxh32 is most of the cost). Linked blocks (a match reaching into the previous
  * block, as python-lz4 writes them) work because blocks are decoded one
- * after the other into the same buffer. Dictionaries are not supported
- * (neither writer uses them).
+ * after the other into the same buffer (the block decoder is lib/lz4's).
+ * Dictionaries are not supported (neither writer uses them).
  */
 import { parseLz4FrameDescriptor } from '../format/lz4Frame.js';
 import { xxh32 } from '../format/xxh32.js';
+import { decodeLz4Block } from '../lz4/blockDecoder.js';
+import { Lz4DecodeError } from '../lz4/errors.js';
 
-/** The bytes are not a valid LZ4 frame, or do not fit the output buffer. */
-export class Lz4DecodeError extends Error {
-  override readonly name = 'Lz4DecodeError';
-}
+export { Lz4DecodeError };
 
 const UNCOMPRESSED = 0x80000000;
-const MIN_MATCH = 4;
 
 function u32(bytes: Uint8Array, at: number): number {
   return (bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24)) >>> 0;
-}
-
-/**
- * Decode the LZ4 block src[from, to) into dst starting at `out`, where
- * dst[0, out) holds what came before (for matches into earlier blocks).
- * Returns the end of the decoded bytes in dst.
- */
-function decodeBlock(src: Uint8Array, from: number, to: number, dst: Uint8Array, out: number, outLimit: number): number {
-  let ip = from;
-  let op = out;
-  for (;;) {
-    if (ip >= to) throw new Lz4DecodeError('LZ4 block ends without its last literals');
-    const token = src[ip++]!;
-    let literals = token >>> 4;
-    if (literals === 15) {
-      let b: number;
-      do {
-        if (ip >= to) throw new Lz4DecodeError('LZ4 block ends inside a literal length');
-        b = src[ip++]!;
-        literals += b;
-      } while (b === 255);
-    }
-    if (literals > 0) {
-      if (ip + literals > to) throw new Lz4DecodeError('LZ4 literals run past the end of the block');
-      if (op + literals > outLimit) throw new Lz4DecodeError('LZ4 block decodes to more bytes than expected');
-      if (literals < 32) {
-        for (let i = 0; i < literals; i++) dst[op + i] = src[ip + i]!;
-      } else {
-        dst.set(src.subarray(ip, ip + literals), op);
-      }
-      ip += literals;
-      op += literals;
-    }
-    // The last sequence of a block has literals only.
-    if (ip === to) return op;
-    if (ip + 2 > to) throw new Lz4DecodeError('LZ4 block ends inside a match offset');
-    const offset = src[ip]! | (src[ip + 1]! << 8);
-    ip += 2;
-    if (offset === 0 || offset > op) throw new Lz4DecodeError(`LZ4 match offset ${offset} points before the start of the data`);
-    let length = token & 15;
-    if (length === 15) {
-      let b: number;
-      do {
-        if (ip >= to) throw new Lz4DecodeError('LZ4 block ends inside a match length');
-        b = src[ip++]!;
-        length += b;
-      } while (b === 255);
-    }
-    length += MIN_MATCH;
-    if (op + length > outLimit) throw new Lz4DecodeError('LZ4 block decodes to more bytes than expected');
-    let m = op - offset;
-    if (offset >= length) {
-      if (length < 32) {
-        for (let i = 0; i < length; i++) dst[op + i] = dst[m + i]!;
-      } else {
-        dst.copyWithin(op, m, m + length);
-      }
-      op += length;
-    } else {
-      // Overlapping copy: repeats the last `offset` bytes, byte by byte as the format defines it.
-      const end = op + length;
-      while (op < end) dst[op++] = dst[m++]!;
-    }
-  }
 }
 
 /**
@@ -130,7 +64,7 @@ export function decodeLz4Frame(src: Uint8Array, dst: Uint8Array, from = 0, to = 
       dst.set(src.subarray(ip, end), op);
       op += size;
     } else {
-      op = decodeBlock(src, ip, end, dst, op, limit);
+      op = decodeLz4Block(src, ip, end, dst, op, limit);
     }
     ip = end + (descriptor.blockChecksum ? 4 : 0);
   }

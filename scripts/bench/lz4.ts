@@ -120,7 +120,9 @@ async function oursCompress(input: string, output: string): Promise<void> {
   const pool = isLz4BlockSize(blockSize) && blockSize !== DEFAULT_BLOCK_SIZE ? new Lz4WorkerPool({ blockSize }) : undefined;
   const compress = new Lz4Compress({ unitSize: UNIT, depth: Number(process.env.LZ4_BENCH_DEPTH ?? 2), release: reads.release, ...(pool ? { pool } : {}) });
   // Frames go back to the compressor once written, as a backup's FileSink can hand them back.
-  const sink = new FileSink(output, { overwrite: true, sync: false, onWritten: (b) => compress.recycle(b) });
+  // LZ4_BENCH_NO_RECYCLE=1 shows the cost of not handing frames back.
+  const onWritten = process.env.LZ4_BENCH_NO_RECYCLE ? undefined : (b: Buffer): void => compress.recycle(b);
+  const sink = new FileSink(output, { overwrite: true, sync: false, ...(onWritten ? { onWritten } : {}) });
   await pipeline(Readable.from(reads.chunks, { objectMode: true }), compress, lz4Payloads(), sink);
 }
 

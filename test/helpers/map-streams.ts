@@ -10,10 +10,11 @@
  */
 import { createWriteStream } from 'node:fs';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
+import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Chunk } from '../../lib/chunk.js';
 import { createMetadata } from '../../lib/format/metadata.js';
+import { xxh32 } from '../../lib/format/xxh32.js';
 import { Lz4Compress } from '../../streams/Lz4Compress.js';
 import { SparseFramer } from '../../streams/SparseFramer.js';
 
@@ -24,6 +25,8 @@ export interface SyntheticChainOptions {
   compress?: boolean;
   /** LZ4 unit (and framer maximum request size) for compressed streams. */
   unitSize?: number;
+  /** false: LZ4 frames that do not declare their content size (as lz4-napi wrote them). */
+  lz4ContentSize?: boolean;
 }
 
 export class SyntheticChain {
@@ -78,7 +81,8 @@ export class SyntheticChain {
       compressed: this.options.compress ? 2 : false,
     });
     const unit = this.options.unitSize ?? 32 * 1024 * 1024;
-    const stages = this.options.compress ? [new Lz4Compress({ unitSize: unit })] : [];
+    const stages: NodeJS.ReadWriteStream[] = this.options.compress ? [new Lz4Compress({ unitSize: unit })] : [];
+    if (this.options.compress && this.options.lz4ContentSize === false) stages.push(withoutContentSize());
     await pipeline([Readable.from(chunks), ...stages, new SparseFramer({ metadata, maxRequestSize: unit }), createWriteStream(file)]);
     for (const f of frames) {
       if ('data' in f) f.data.copy(this.image, f.offset);
@@ -96,4 +100,20 @@ export function patternBytes(tag: string, length: number): Buffer {
   let at = 0;
   for (let i = 0; at < length; i++) at += out.write(`${tag}:${i};`, at);
   return out;
+}
+
+/** Rewrites each chunk's LZ4 frame header without the content size field (FLG bit 3), with a new header checksum. */
+function withoutContentSize(): Transform {
+  return new Transform({
+    objectMode: true,
+    transform(chunk: Chunk, _e, done) {
+      const lz4 = chunk.lz4;
+      if (lz4 && lz4[4]! & 0b1000) {
+        const header = Buffer.from([...lz4.subarray(0, 4), lz4[4]! & ~0b1000, lz4[5]!, 0]);
+        header[6] = (xxh32(header.subarray(4, 6)) >>> 8) & 0xff;
+        chunk = { ...chunk, lz4: Buffer.concat([header, lz4.subarray(15)]) };
+      }
+      done(null, chunk);
+    },
+  });
 }
