@@ -83,10 +83,24 @@ export { planBackup, BackupPlanError, type BackupPlan, type BackupPlanInput, typ
 export { RecordingLogger, silentLogger, type BackupLogger } from './backup/log.js';
 export { backupDisk, type DiskBackupSpec, type DiskBackupResult, type DiskProgress } from './backup/diskBackup.js';
 export { BackupJob } from './backup/job.js';
-export { DirectoryOutput, ZipOutput, type SetOutput } from './backup/output.js';
+export { chooseEndpoint, exportUri, exportUriString, describeEndpoint, DEFAULT_NBD_PORT, DEFAULT_TLS_CERT_DIR, type NbdEndpoint } from './backup/nbdEndpoint.js';
+export { DirectoryOutput, type SetOutput } from './backup/output.js';
+export { ZipOutput } from './backup/zipOutput.js';
 export { ZeroAsData, type ZeroAsDataOptions } from '../streams/ZeroAsData.js';
 export { RawImageSink, RawImageSinkError, type RawImageSinkOptions } from '../streams/RawImageSink.js';
 export { ProgressTap } from '../streams/ProgressTap.js';
+
+// Remote hypervisors: commands and files over ssh, qemu-nbd there.
+export { SshHost, SshError, shellQuote, type SshTarget } from './remote/ssh.js';
+export { LocalHostFiles, FileExistsError, type HostFiles } from './remote/hostFiles.js';
+export { SshHostFiles } from './remote/sshHostFiles.js';
+export { RemoteQemuNbd, type RemoteQemuNbdOptions } from './remote/remoteQemuNbd.js';
+
+// LZ4 frames (our own codec; what Lz4Compress/Lz4Decompress run on worker threads).
+export { compressLz4Frame } from './lz4/frameEncoder.js';
+export { decompressLz4Frame } from './lz4/frameDecoder.js';
+export { Lz4DecodeError, Lz4ChecksumError } from './lz4/errors.js';
+export { Lz4WorkerPool, type Lz4WorkerPoolOptions } from './lz4/pool.js';
 
 // Map: serve a backup chain over NBD (virtnbdmap), its index, export and overlay.
 export { map, type MapOptions, type MapContext, type Mapping, type MappedDisk } from './map/map.js';

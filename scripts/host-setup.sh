@@ -73,9 +73,12 @@ if [ "$(cat "$SASLCONF" 2>/dev/null)" != "$want_sasl" ]; then
 fi
 
 # A test PKI at libvirt's default paths (CA, server cert for localhost and
-# 127.0.0.1, client cert for root), made once.
+# 127.0.0.1, client cert for root), made once; a CA someone else put there
+# is never replaced (the TLS/SASL tests then use whatever it signed).
 CA=/etc/pki/CA; PKI=/etc/pki/libvirt
-if [ ! -s $CA/cacert.pem ] || [ ! -s $PKI/servercert.pem ] || [ ! -s $PKI/clientcert.pem ]; then
+if [ -s $CA/cacert.pem ] && { [ ! -s $PKI/servercert.pem ] || [ ! -s $PKI/clientcert.pem ]; }; then
+  say "$CA/cacert.pem exists but $PKI lacks servercert.pem or clientcert.pem: leaving the PKI alone (qemu+tls:// will not work)"
+elif [ ! -s $CA/cacert.pem ]; then
   say "creating the test PKI under /etc/pki"
   mkdir -p $CA/private $PKI/private
   chmod 700 $CA/private $PKI/private

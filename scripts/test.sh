@@ -6,6 +6,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/host-setup.sh || { echo "host set-up failed"; exit 1; }
+bash scripts/test-host-tls.sh || { echo "TLS set-up of the test host failed"; exit 1; }
 npm ci --no-audit --no-fund || { echo "npm ci failed"; exit 1; }
 
 tap=$(mktemp)

@@ -14,13 +14,16 @@
  * -s, whose job is left running on purpose); a failed (or interrupted) run
  * removes the files it wrote and deletes the checkpoint its job created,
  * so the set and the domain's chain are as before and the next backup
- * still covers every change.
+ * still covers every change. A domain on another host (its libvirtd
+ * reports another host name) has its files (image info, boot files) read
+ * and its offline images served by qemu-nbd over ssh (lib/remote/).
  */
 import { constants, existsSync } from 'node:fs';
 import { access, mkdir, stat, unlink } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import type { Writable } from 'node:stream';
 import type { Domain } from '../libvirt/domain.js';
+import type { HypervisorOptions } from '../libvirt/hypervisor.js';
 import type { DomainInfo } from '../xml/domain.js';
 import { backupLogFileName, CHECKPOINT_DIR, checkpointFileName, checkpointListFileName, type DataLevel } from '../format/naming.js';
 import {
@@ -33,21 +36,26 @@ import {
   saveCheckpointFile,
   writeCheckpointList,
 } from './checkpoints.js';
-import { openDomainSession } from './connect.js';
+import { openDomainSession, reopenDomain } from './connect.js';
 import { backupDisk, type DiskBackupResult, type DiskProgress } from './diskBackup.js';
 import { BackupError, messageOf } from './errors.js';
 import { GuestAgent, osInfoFileName } from './guestAgent.js';
 import { gatherPlanInput, listDirectory } from './inputs.js';
 import { changedBytesSince } from './estimate.js';
 import { killBackupJob } from './killJob.js';
-import { checkOfflineBitmap, OfflineExport } from './offlineExport.js';
+import { checkOfflineBitmap, startOfflineExport } from './offlineExport.js';
+import { LocalHostFiles, type HostFiles } from '../remote/hostFiles.js';
+import { SshHostFiles } from '../remote/sshHostFiles.js';
+import { hypervisorSsh } from '../remote/remoteHost.js';
+import type { SshHost } from '../remote/ssh.js';
 import { DomainPause, quiesceInOrder } from './pause.js';
 import type { Quiesce } from './guestAgent.js';
 import { VIR_DOMAIN_DESTROY_GRACEFUL, VIR_DOMAIN_START_PAUSED } from '../libvirt/flags.js';
 import { BackupJob, refuseActiveJob } from './job.js';
+import { chooseEndpoint, exportUriString, type NbdEndpoint } from './nbdEndpoint.js';
 import { planBackup, type BackupPlan, type DiskTarget, type Level, type OutputType } from './level.js';
 import { RecordingLogger, type BackupLogger } from './log.js';
-import { DirectoryOutput, ZipOutput, type SetOutput } from './output.js';
+import { DirectoryOutput, type SetOutput } from './output.js';
 import { runPool } from './pool.js';
 import { saveSetFiles } from './setFiles.js';
 
@@ -66,8 +74,21 @@ export interface BackupRequest {
   scratchDir: string;
   include?: readonly string[];
   exclude?: readonly string[];
-  /** The job's NBD unix socket. */
+  /** The job's NBD unix socket (local backups without -P, -I or --tls). */
   socketFile: string;
+  /** -P: TCP port of the job's NBD server (default 10809); TCP is used for remote domains, or when -P, -I or --tls is given (nbdEndpoint.ts). */
+  nbdPort?: number;
+  /** -I: address the NBD server binds to (default: the host name libvirt reports). */
+  nbdIp?: string;
+  /** --tls: the NBD server on TCP with TLS; --tls-cert: our CA and client certificate (default /etc/pki/qemu). */
+  tls?: boolean;
+  tlsCert?: string;
+  /** Long names of the options given on the command line (`--nbd-port`: TCP even with the default port). */
+  given?: ReadonlySet<string>;
+  /** A remote domain's host, for its files and offline qemu-nbd: ssh login (default: the URI's user and port, its ?keyfile=). */
+  sshUser?: string;
+  sshPort?: number;
+  sshPrivateKey?: string;
   /** false, or the LZ4 level recorded in the stream metadata. */
   compress: number | false;
   /** Disks saved at once (default all). */
@@ -75,6 +96,8 @@ export interface BackupRequest {
   noSparseDetection: boolean;
   /** libvirt URI. */
   uri: string;
+  /** Login for daemons that demand SASL (--user, --password / --password-file / VIRTNBD_PASSWORD). */
+  credentials?: HypervisorOptions['credentials'];
   /** -F: freeze only the filesystems on these mountpoints (default all, when the guest agent answers). */
   freezeMountpoints?: readonly string[];
   /** -p: print the bytes the next inc/diff would save, and stop. */
@@ -219,12 +242,19 @@ export async function backup(request: BackupRequest, context: BackupContext): Pr
   log.info(`Backup level: [${request.level}]`);
   if (request.compress !== false) log.info(`Compression enabled, level [${request.compress}]`);
 
-  const session = await openDomainSession(request.uri, request.domain, log);
+  const session = await openDomainSession(request.uri, request.domain, log, request.credentials);
   /** -S started the domain: stop it whatever happens. */
   let startedHere = false;
   try {
     signal?.throwIfAborted();
     const { domain } = session;
+    // A remote domain's files (image info, boot files, offline images) are reached over ssh.
+    const ssh = session.remote
+      ? await hypervisorSsh(session.hypervisor.uri, request, log).catch((e: unknown) => {
+          throw new BackupError('remote', messageOf(e), { cause: e });
+        })
+      : undefined;
+    const files: HostFiles = ssh ? new SshHostFiles(ssh) : new LocalHostFiles();
     if (!session.running && request.startDomain && !request.killOnly) {
       if (request.startOnly) {
         throw new BackupError(
@@ -248,7 +278,7 @@ export async function backup(request: BackupRequest, context: BackupContext): Pr
     logPlan(plan, log);
     if (!request.stdout && !request.startOnly) await makeDirectory(paths.checkpointDir, 'checkpoint directory');
     if (plan.offline) {
-      await checkOffline(plan, request, log);
+      await checkOffline(plan, request, log, files);
       warnUnresolvedFirmware(domainXml, info, log);
     } else {
       await refuseActiveJob(domain);
@@ -260,8 +290,17 @@ export async function backup(request: BackupRequest, context: BackupContext): Pr
     // A domain -S started paused runs no guest code: nothing to freeze, and its agent cannot answer.
     const agent = plan.offline || startedHere ? undefined : await GuestAgent.probe(domain, request.freezeMountpoints ?? [], log);
     signal?.throwIfAborted();
+    const endpoint = await chooseEndpoint({ ...request, socketFile: paths.socket }, session.remote === true, () =>
+      libvirtCall('read the host name of the hypervisor (the NBD server address; or give -I/--nbd-ip)', () => session.hypervisor.getHostname()),
+    );
+    // The job's scratch files are written by QEMU on the domain's host: the directory must exist there.
+    if (ssh && !plan.offline) {
+      await files.mkdirp(paths.scratchDir).catch((e: unknown) => {
+        throw new BackupError('remote', `Cannot create scratch directory ${paths.scratchDir} on ${files.description}: ${messageOf(e)}`, { cause: e });
+      });
+    }
     if (request.startOnly && !plan.offline) {
-      const started = await startOnly(domain, plan, paths, quiesceFor(domain, agent, request, log), context, log);
+      const started = await startOnly(domain, plan, { endpoint, scratchDir: paths.scratchDir, files }, quiesceFor(domain, agent, request, log), context, log);
       return { ...started, targetDir: paths.targetDir };
     }
     const result = await runJob(domain, plan, {
@@ -273,7 +312,10 @@ export async function backup(request: BackupRequest, context: BackupContext): Pr
       recorder,
       domainXml,
       info,
+      endpoint,
       autostart: await libvirtCall(`read the autostart flag of domain ${domain.name}`, () => domain.getAutostart()),
+      ...(ssh ? { ssh } : {}),
+      files,
     });
     if (logFile !== undefined) result.logFile = logFile;
     log.info('Finished successfully');
@@ -292,14 +334,14 @@ export async function backup(request: BackupRequest, context: BackupContext): Pr
  * Offline: what needs a running domain is refused, and every bitmap an
  * inc/diff reads is checked in its image before anything is written.
  */
-async function checkOffline(plan: BackupPlan, request: BackupRequest, log: BackupLogger): Promise<void> {
+async function checkOffline(plan: BackupPlan, request: BackupRequest, log: BackupLogger, files: HostFiles): Promise<void> {
   if (request.startOnly) throw new BackupError('domain-not-running', `-s/--startonly needs a running domain: start the domain (or use -S/--start-domain).`);
   if (request.printOnly) throw new BackupError('domain-not-running', `-p/--printonly needs a running domain (libvirt sizes bitmaps of running domains only).`);
-  log.info(`Domain is shut off: reading its disk images through qemu-nbd (offline backup).`);
+  log.info(`Domain is shut off: reading its disk images through qemu-nbd${files.remote ? ` on ${files.description}` : ''} (offline backup).`);
   const bitmap = plan.checkpoint.bitmap;
   for (const t of plan.targets) {
     if (t.disk.path === undefined) throw new BackupError('not-yet', `Disk ${t.disk.target} has no local image path: offline backups of volume disks are not implemented yet.`);
-    if (bitmap !== undefined && t.metaContext === `qemu:dirty-bitmap:${bitmap}`) await checkOfflineBitmap(t.disk.path, t.disk.target, bitmap);
+    if (bitmap !== undefined && t.metaContext === `qemu:dirty-bitmap:${bitmap}`) await checkOfflineBitmap(t.disk.path, t.disk.target, bitmap, files);
   }
 }
 
@@ -317,19 +359,32 @@ function warnUnresolvedFirmware(domainXml: string, info: DomainInfo, log: Backup
   );
 }
 
-/** Run `fn` with the socket serving `target`: the job's online, a qemu-nbd of its own offline. */
-async function withExport<T>(job: BackupJob | undefined, target: DiskTarget, plan: BackupPlan, paths: Paths, fn: (socket: string) => Promise<T>): Promise<T> {
-  if (job) return fn(job.socket);
+/**
+ * Run `fn` with the endpoint serving `target`: the job's online, a qemu-nbd
+ * of its own offline (on a remote domain's host: on TCP there, one port per
+ * disk from the job's port on, as disks may be saved at once).
+ */
+async function withExport<T>(
+  job: BackupJob | undefined,
+  target: DiskTarget,
+  plan: BackupPlan,
+  paths: Paths,
+  remote: { ssh: SshHost; endpoint: NbdEndpoint } | undefined,
+  fn: (endpoint: NbdEndpoint) => Promise<T>,
+): Promise<T> {
+  if (job) return fn(job.endpoint);
   const bitmap = plan.checkpoint.bitmap;
-  const server = await OfflineExport.start({
+  const tcp = remote?.endpoint.kind === 'tcp' ? { ...remote.endpoint, port: remote.endpoint.port + plan.targets.indexOf(target) } : undefined;
+  const server = await startOfflineExport({
     image: target.disk.path as string,
     format: target.disk.format ?? 'raw',
     exportName: target.disk.target,
     socket: `${paths.socket}.${target.disk.target}`,
     ...(bitmap !== undefined && target.metaContext === `qemu:dirty-bitmap:${bitmap}` ? { bitmap } : {}),
+    ...(remote && tcp ? { remote: { ssh: remote.ssh, endpoint: tcp } } : {}),
   });
   try {
-    return await fn(server.socket);
+    return await fn(server.endpoint);
   } finally {
     await server.stop();
   }
@@ -376,10 +431,17 @@ async function estimateFirst(domain: Domain, plan: BackupPlan, request: BackupRe
  * not list it), and leave it running with its exports on the socket for
  * other tools; -k ends it.
  */
-async function startOnly(domain: Domain, plan: BackupPlan, paths: Paths, quiesce: Quiesce, context: BackupContext, log: BackupLogger): Promise<EarlyResult> {
+async function startOnly(
+  domain: Domain,
+  plan: BackupPlan,
+  where: { endpoint: NbdEndpoint; scratchDir: string; files: HostFiles },
+  quiesce: Quiesce,
+  context: BackupContext,
+  log: BackupLogger,
+): Promise<EarlyResult> {
   const jobPlan: BackupPlan = { ...plan, checkpoint: { ...plan.checkpoint, create: false } };
-  await BackupJob.begin(domain, jobPlan, { socket: paths.socket, scratchDir: paths.scratchDir, quiesce }, log);
-  const endpoints = plan.targets.map((t) => `nbd+unix:///${t.disk.target}?socket=${paths.socket}`);
+  await BackupJob.begin(domain, jobPlan, { ...where, quiesce }, log);
+  const endpoints = plan.targets.map((t) => exportUriString(where.endpoint, t.disk.target));
   for (const [i, uri] of endpoints.entries()) log.info(`Backup job started: disk ${plan.targets[i]?.disk.target} is exported as [${uri}], meta context [${plan.targets[i]?.metaContext}].`);
   log.info(`The job keeps running: end it with virtnbdbackup -d ${domain.name} -k -o <dir>.`);
   (context.stdout ?? process.stdout).write(endpoints.map((e) => `${e}\n`).join(''));
@@ -408,7 +470,12 @@ interface RunState {
   recorder: RecordingLogger | undefined;
   domainXml: string;
   info: DomainInfo;
+  /** Where the job serves the disks (offline: where a remote host's qemu-nbd listens). */
+  endpoint: NbdEndpoint;
   autostart: boolean;
+  /** A remote domain's host; the hypervisor's files (this host's for a local domain). */
+  ssh?: SshHost;
+  files: HostFiles;
 }
 
 /** Job, disks, set files, checkpoint commit; undone on failure. */
@@ -416,22 +483,33 @@ async function runJob(domain: Domain, plan: BackupPlan, s: RunState): Promise<Ba
   const { request, context, paths, log } = s;
   const job = plan.offline
     ? undefined
-    : await BackupJob.begin(domain, plan, { socket: paths.socket, scratchDir: paths.scratchDir, quiesce: quiesceFor(domain, s.agent, request, log) }, log);
+    : await BackupJob.begin(
+        domain,
+        plan,
+        {
+          endpoint: s.endpoint,
+          scratchDir: paths.scratchDir,
+          files: s.files,
+          quiesce: quiesceFor(domain, s.agent, request, log),
+          reopen: () => reopenDomain(request.uri, request.domain, log, request.credentials),
+        },
+        log,
+      );
   let output: SetOutput | undefined;
   const savedFiles: string[] = [];
   /** `<domain>.cpt` before this run changed it (null: not changed). */
   let listBefore: string[] | undefined | null = null;
   try {
     const checkpointXml = plan.checkpoint.create ? await checkpointXmlOf(domain, plan.checkpoint.name, log) : undefined;
-    output = request.stdout ? new ZipOutput(context.stdout ?? process.stdout) : new DirectoryOutput(paths.targetDir);
+    output = request.stdout ? new (await import('./zipOutput.js')).ZipOutput(context.stdout ?? process.stdout) : new DirectoryOutput(paths.targetDir);
     const out = output;
     const disks = await runPool(
       plan.targets,
       plan.workers,
       (target, signal) =>
-        withExport(job, target, plan, paths, (socket) => backupDisk({
+        withExport(job, target, plan, paths, s.ssh ? { ssh: s.ssh, endpoint: s.endpoint } : undefined, (endpoint) => backupDisk({
           target,
-          socket,
+          endpoint,
           checkpointName: plan.checkpoint.name,
           parentCheckpoint: plan.checkpoint.parent ?? '',
           compress: request.compress,
@@ -454,6 +532,7 @@ async function runJob(domain: Domain, plan: BackupPlan, s: RunState): Promise<Ba
       autostart: s.autostart,
       output: out,
       log,
+      files: s.files,
     });
     if (s.agent) await saveOsInfo(s.agent, plan.ident, out, log);
     context.signal?.throwIfAborted();

@@ -1,28 +1,34 @@
 /**
- * Reaching the domain to back up: open the libvirt connection, make sure
- * the domain lives on this host (the NBD socket and the disk images must
- * be local until remote backups land), look the domain up and see whether
- * it runs. Each refusal is a BackupError naming the domain and the URI.
+ * Reaching the domain to back up: open the libvirt connection, find out
+ * whether the domain lives on another host (then its disks are read over
+ * TCP and its files over ssh), look the domain up and see whether it runs.
+ * Each refusal is a BackupError naming the domain and the URI.
  */
-import { hostname } from 'node:os';
-import { Hypervisor } from '../libvirt/hypervisor.js';
+import type { ReopenedDomain } from './job.js';
+import { Hypervisor, type HypervisorOptions } from '../libvirt/hypervisor.js';
 import type { Domain } from '../libvirt/domain.js';
 import { LibvirtError, VIR_ERR_NO_DOMAIN } from '../libvirt/errors.js';
 import { BackupError, messageOf } from './errors.js';
 import type { BackupLogger } from './log.js';
+import { remoteHostOf } from '../remote/remoteHost.js';
 
 export interface DomainSession {
   hypervisor: Hypervisor;
   domain: Domain;
   /** false: the domain is shut off (an offline backup reads its images through qemu-nbd). */
   running: boolean;
+  /** true: the domain runs on another host (its NBD server is reached over TCP). */
+  remote?: boolean;
 }
 
-/** Connect to `uri`; throws BackupError('libvirt') naming the URI. */
-export async function connectHypervisor(uri: string, log: BackupLogger): Promise<Hypervisor> {
+/**
+ * Connect to `uri`, logging in with `credentials` where the daemon demands
+ * SASL; throws BackupError('libvirt') naming the URI.
+ */
+export async function connectHypervisor(uri: string, log: BackupLogger, credentials?: HypervisorOptions['credentials']): Promise<Hypervisor> {
   let hypervisor: Hypervisor;
   try {
-    hypervisor = new Hypervisor(uri);
+    hypervisor = new Hypervisor(uri, credentials ? { credentials } : {});
   } catch (e) {
     throw new BackupError('libvirt', `Invalid libvirt URI ${uri}: ${messageOf(e)}`, { cause: e });
   }
@@ -42,24 +48,27 @@ export async function connectHypervisor(uri: string, log: BackupLogger): Promise
 
 /**
  * A URI with a host may still name this machine (qemu+ssh://root@localhost);
- * as virtnbdbackup does, compare the daemon's host name with ours.
+ * as virtnbdbackup does, the domain is remote when the daemon's host name
+ * differs from ours (lib/remote/remoteHost.ts).
  */
-async function refuseRemote(hypervisor: Hypervisor): Promise<void> {
-  if (hypervisor.uri.transport === 'unix') return;
-  const remote = await hypervisor.getHostname();
-  if (remote === hostname()) return;
-  throw new BackupError(
-    'not-yet',
-    `Domain host ${remote} (${hypervisor.uri.uri}) is not this machine (${hostname()}): backing up a remote domain ` +
-      '(NBD over TCP, copying its files over ssh) is not implemented in this version of virtnbd yet.',
-  );
+async function isRemote(hypervisor: Hypervisor): Promise<boolean> {
+  try {
+    return (await remoteHostOf(hypervisor)) !== undefined;
+  } catch (e) {
+    throw new BackupError('libvirt', `Cannot read the host name of libvirt at ${hypervisor.uri.uri}: ${messageOf(e)}`, { cause: e });
+  }
 }
 
 /** Look up `name` and whether it runs; closes the connection when it fails. */
-export async function openDomainSession(uri: string, name: string, log: BackupLogger): Promise<DomainSession> {
-  const hypervisor = await connectHypervisor(uri, log);
+export async function openDomainSession(
+  uri: string,
+  name: string,
+  log: BackupLogger,
+  credentials?: HypervisorOptions['credentials'],
+): Promise<DomainSession> {
+  const hypervisor = await connectHypervisor(uri, log, credentials);
   try {
-    await refuseRemote(hypervisor);
+    const remote = await isRemote(hypervisor);
     let domain: Domain;
     try {
       domain = await hypervisor.lookupDomainByName(name);
@@ -75,7 +84,18 @@ export async function openDomainSession(uri: string, name: string, log: BackupLo
     } catch (e) {
       throw new BackupError('libvirt', `Cannot read the state of domain ${name} at ${uri}: ${messageOf(e)}`, { cause: e });
     }
-    return { hypervisor, domain, running };
+    return { hypervisor, domain, running, ...(remote ? { remote } : {}) };
+  } catch (e) {
+    await hypervisor.close();
+    throw e;
+  }
+}
+
+/** The domain `name` on a new connection of its own (to stop a job when the first connection broke). */
+export async function reopenDomain(uri: string, name: string, log: BackupLogger, credentials?: HypervisorOptions['credentials']): Promise<ReopenedDomain> {
+  const hypervisor = await connectHypervisor(uri, log, credentials);
+  try {
+    return { domain: await hypervisor.lookupDomainByName(name), close: () => hypervisor.close() };
   } catch (e) {
     await hypervisor.close();
     throw e;

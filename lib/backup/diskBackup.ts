@@ -40,6 +40,7 @@ import { ZeroAsData } from '../../streams/ZeroAsData.js';
 import { BackupError, messageOf } from './errors.js';
 import type { DiskTarget } from './level.js';
 import type { BackupLogger } from './log.js';
+import { describeEndpoint, exportUri, exportUriString, type NbdEndpoint } from './nbdEndpoint.js';
 import { NbdinfoStatusDevice } from './nbdinfoStatus.js';
 import type { SetOutput } from './output.js';
 
@@ -51,8 +52,8 @@ export interface DiskProgress {
 
 export interface DiskBackupSpec {
   target: DiskTarget;
-  /** The job's NBD socket. */
-  socket: string;
+  /** Where the disk's NBD export is served: the job's unix socket or TCP port, or a local qemu-nbd's socket. */
+  endpoint: NbdEndpoint;
   /** Metadata: the checkpoint this backup belongs to, and its parent ('' for none). */
   checkpointName: string;
   parentCheckpoint: string;
@@ -79,13 +80,13 @@ export interface DiskBackupResult {
   checksum?: number;
 }
 
-/** Compressions of maximum-size units in flight per disk; each holds up to two units of memory. */
-const COMPRESS_DEPTH = 2;
+/** Compressions of maximum-size units in flight per disk (one worker codes them; each holds up to two units of memory). */
+const COMPRESS_DEPTH = 1;
 
 async function connect(spec: DiskBackupSpec, contexts: string[]): Promise<NbdClient> {
   const dev = spec.target.disk.target;
   try {
-    return await NbdClient.connect({ socket: spec.socket }, { exportName: dev, metaContexts: contexts });
+    return await NbdClient.connect(exportUri(spec.endpoint, dev), { metaContexts: contexts });
   } catch (e) {
     if (e instanceof NbdHandshakeError && /meta context/.test(e.message) && contexts.some((c) => c !== BASE_ALLOCATION)) {
       throw new BackupError(
@@ -95,7 +96,7 @@ async function connect(spec: DiskBackupSpec, contexts: string[]): Promise<NbdCli
         { cause: e },
       );
     }
-    throw new BackupError('disk', `Cannot connect to the NBD export of disk ${dev} at ${spec.socket}: ${messageOf(e)}`, { cause: e });
+    throw new BackupError('disk', `Cannot connect to the NBD export of disk ${dev} at ${describeEndpoint(spec.endpoint)}: ${messageOf(e)}`, { cause: e });
   }
 }
 
@@ -129,7 +130,7 @@ export async function backupDisk(spec: DiskBackupSpec): Promise<DiskBackupResult
   const client = await connect(spec, contexts);
   try {
     if (spec.nbdinfoExtents) log.info(`Disk ${dev}: querying extents with nbdinfo (-q).`);
-    const statusDevice = spec.nbdinfoExtents ? await NbdinfoStatusDevice.create(client, spec.socket, dev, contexts) : client;
+    const statusDevice = spec.nbdinfoExtents ? await NbdinfoStatusDevice.create(client, exportUriString(spec.endpoint, dev), contexts) : client;
     const extents = await collect(
       new ExtentSource(statusDevice, {
         ...(incremental ? { dirtyContext: target.metaContext, intersectAllocation: intersect } : {}),
@@ -172,9 +173,15 @@ export async function backupDisk(spec: DiskBackupSpec): Promise<DiskBackupResult
       stages.push(tap);
       // Read buffers go back to the reader once compressed or written, sparing an allocation per request.
       const release = (data: Buffer): void => reader.release(data);
-      if (spec.compress !== false) stages.push(new Lz4Compress({ unitSize: client.maxRequestSize, depth: COMPRESS_DEPTH, release }));
+      // Written buffers go back to where they came from: read buffers to the reader, LZ4 frames to the compressor.
+      let written = release;
+      if (spec.compress !== false) {
+        const compressor = new Lz4Compress({ unitSize: client.maxRequestSize, depth: COMPRESS_DEPTH, release });
+        written = (frame) => compressor.recycle(frame);
+        stages.push(compressor);
+      }
       checksumTap = new ChecksumTap();
-      sink = spec.output.dataFile(target.dataFile, spec.compress === false ? release : undefined);
+      sink = spec.output.dataFile(target.dataFile, written);
       stages.push(new SparseFramer({ metadata, maxRequestSize: client.maxRequestSize }), checksumTap, sink);
     }
     try {

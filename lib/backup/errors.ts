@@ -25,6 +25,8 @@ export type BackupProblem =
   | 'checkpoint'
   /** Reading a disk over NBD or writing its file failed. */
   | 'disk'
+  /** A remote domain's host cannot be reached by ssh. */
+  | 'remote'
   /** SIGINT or SIGTERM. */
   | 'interrupted';
 

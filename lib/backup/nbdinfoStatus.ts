@@ -50,9 +50,8 @@ export class NbdinfoStatusDevice implements NbdBlockDevice {
     private readonly maps: ReadonlyMap<string, BlockStatusExtent[]>,
   ) {}
 
-  /** Map `contexts` of export `exportName` on `socket` with nbdinfo. */
-  static async create(inner: NbdBlockDevice, socket: string, exportName: string, contexts: readonly string[]): Promise<NbdinfoStatusDevice> {
-    const uri = `nbd+unix:///${encodeURIComponent(exportName)}?socket=${encodeURIComponent(socket)}`;
+  /** Map `contexts` of the export at NBD URI `uri` (unix or TCP, nbds with its tls-certificates) with nbdinfo. */
+  static async create(inner: NbdBlockDevice, uri: string, contexts: readonly string[]): Promise<NbdinfoStatusDevice> {
     const maps = new Map<string, BlockStatusExtent[]>();
     for (const c of contexts) maps.set(c, await nbdinfoMap(uri, c));
     return new NbdinfoStatusDevice(inner, maps);

@@ -7,13 +7,21 @@
  * that is missing, or still flagged in-use (QEMU was not stopped cleanly,
  * so it may miss writes), cannot say what changed, and only a full backup
  * helps. stop() ends the process and removes its socket; never throws.
+ *
+ * A remote domain's images are on its host: there qemu-nbd is started over
+ * ssh, listening on TCP (lib/remote/remoteQemuNbd.ts), and the bitmaps are
+ * read by qemu-img run there. startOfflineExport() picks the one or the
+ * other and hands out where the client connects.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { rm, stat } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BackupError, messageOf } from './errors.js';
-import { qemuImageInfo } from './setFiles.js';
+import { LocalHostFiles, type HostFiles } from '../remote/hostFiles.js';
+import { RemoteQemuNbd } from '../remote/remoteQemuNbd.js';
+import type { SshHost } from '../remote/ssh.js';
+import type { NbdEndpoint } from './nbdEndpoint.js';
 
 interface BitmapInfo {
   name: string;
@@ -21,19 +29,20 @@ interface BitmapInfo {
 }
 
 /** The persistent bitmaps `qemu-img info` lists for a qcow2 image. */
-async function imageBitmaps(image: string): Promise<BitmapInfo[]> {
+async function imageBitmaps(image: string, files: HostFiles): Promise<BitmapInfo[]> {
   let info: { 'format-specific'?: { data?: { bitmaps?: BitmapInfo[] } } };
   try {
-    info = JSON.parse(await qemuImageInfo(image)) as typeof info;
+    info = JSON.parse(await files.qemuImageInfo(image)) as typeof info;
   } catch (e) {
-    throw new BackupError('disk', `Cannot read the bitmaps of image ${image}: ${messageOf(e)}`, { cause: e });
+    const where = files.remote ? ` on ${files.description}` : '';
+    throw new BackupError('disk', `Cannot read the bitmaps of image ${image}${where}: ${messageOf(e)}`, { cause: e });
   }
   return info['format-specific']?.data?.bitmaps ?? [];
 }
 
 /** Throws BackupError('bitmap') when `bitmap` is missing from `image` or inconsistent. */
-export async function checkOfflineBitmap(image: string, disk: string, bitmap: string): Promise<void> {
-  const found = (await imageBitmaps(image)).find((b) => b.name === bitmap);
+export async function checkOfflineBitmap(image: string, disk: string, bitmap: string, files: HostFiles = new LocalHostFiles()): Promise<void> {
+  const found = (await imageBitmaps(image, files)).find((b) => b.name === bitmap);
   if (found === undefined) {
     throw new BackupError(
       'bitmap',
@@ -104,4 +113,48 @@ export class OfflineExport {
     }
     await rm(this.socket, { force: true }).catch(() => undefined);
   }
+}
+
+export interface OfflineExportSpec {
+  image: string;
+  format: string;
+  exportName: string;
+  /** Local: the unix socket to serve on. */
+  socket: string;
+  bitmap?: string;
+  /** Remote: the host's ssh, and the TCP address and port qemu-nbd listens on there. */
+  remote?: { ssh: SshHost; endpoint: Extract<NbdEndpoint, { kind: 'tcp' }> };
+}
+
+/** A running offline export: where to connect, and how to end it (never throws). */
+export interface RunningExport {
+  endpoint: NbdEndpoint;
+  stop(): Promise<void>;
+}
+
+/** Serve one image read-only, on this host (unix socket) or on the domain's host (TCP). */
+export async function startOfflineExport(spec: OfflineExportSpec): Promise<RunningExport> {
+  const bitmap = spec.bitmap !== undefined ? { bitmap: spec.bitmap } : {};
+  if (spec.remote === undefined) {
+    const server = await OfflineExport.start({ image: spec.image, format: spec.format, exportName: spec.exportName, socket: spec.socket, ...bitmap });
+    return { endpoint: { kind: 'unix', socket: server.socket }, stop: () => server.stop() };
+  }
+  const { ssh, endpoint } = spec.remote;
+  let server: RemoteQemuNbd;
+  try {
+    server = await RemoteQemuNbd.start(ssh, {
+      image: spec.image,
+      format: spec.format,
+      exportName: spec.exportName,
+      bind: endpoint.host,
+      port: endpoint.port,
+      readOnly: true,
+      persistent: true,
+      ...(endpoint.tls ? { tlsCertDir: endpoint.tls.certDir } : {}),
+      ...bitmap,
+    });
+  } catch (e) {
+    throw new BackupError('disk', `Cannot serve image ${spec.image} with qemu-nbd on ${ssh.description}: ${messageOf(e)}`, { cause: e });
+  }
+  return { endpoint, stop: () => server.stop() };
 }

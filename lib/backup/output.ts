@@ -1,20 +1,18 @@
 /**
  * Where a backup run's files go: a target directory, or one zip archive
  * streamed to stdout (`-o -`, entries stored uncompressed as virtnbdbackup
- * writes them). Both take data files as streams and small files whole,
+ * writes them; zipOutput.ts, loaded only then, as archiver costs ~25 MB). Both take data files as streams and small files whole,
  * remember what they wrote, and on failure discard it: the directory
  * removes this run's files (so the set looks as before the run, and a
  * retry does not collide with them), the zip is aborted (a broken archive
  * cannot be mended). Nothing half-written ever carries a final name.
  */
-import { createReadStream } from 'node:fs';
 import { copyFile, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { partialFileName } from '../format/naming.js';
 import { FileSink } from '../../streams/FileSink.js';
 import { RawImageSink } from '../../streams/RawImageSink.js';
-import { ZipSink } from '../../streams/ZipSink.js';
 import { writeFileAtomic } from './atomicFile.js';
 import { BackupError, messageOf } from './errors.js';
 
@@ -40,7 +38,7 @@ export interface SetOutput {
   discard(error: Error): Promise<void>;
 }
 
-function onFinish(stream: Writable, done: () => void): Writable {
+export function onFinish(stream: Writable, done: () => void): Writable {
   stream.once('finish', done);
   return stream;
 }
@@ -92,48 +90,5 @@ export class DirectoryOutput implements SetOutput {
         if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new BackupError('output', `Cannot remove ${join(this.dir, name)}: ${messageOf(e)}`);
       });
     }
-  }
-}
-
-export class ZipOutput implements SetOutput {
-  private readonly sink: ZipSink;
-  private readonly names: string[] = [];
-
-  constructor(stream: Writable) {
-    this.sink = new ZipSink(stream);
-  }
-
-  get description(): string {
-    return 'zip archive on stdout';
-  }
-
-  get written(): readonly string[] {
-    return this.names;
-  }
-
-  dataFile(name: string): Writable {
-    return onFinish(this.sink.entry(name), () => this.names.push(name));
-  }
-
-  rawImage(name: string): Writable {
-    throw new BackupError('output', `Raw image ${name} cannot be written into a zip archive`);
-  }
-
-  async writeFile(name: string, data: string | Buffer): Promise<void> {
-    await this.sink.add(name, data);
-    this.names.push(name);
-  }
-
-  async copyFile(name: string, source: string): Promise<void> {
-    await this.sink.add(name, createReadStream(source));
-    this.names.push(name);
-  }
-
-  async finish(): Promise<void> {
-    await this.sink.finalize();
-  }
-
-  async discard(error: Error): Promise<void> {
-    this.sink.abort(error);
   }
 }

@@ -8,9 +8,17 @@
  * host. Failing to save one of the side files is a warning, not a failed
  * backup (virtnbdbackup's behaviour); the vmconfig is needed to restore,
  * so failing to save it is an error.
+ *
+ * For a remote domain the image info and boot files are the hypervisor's:
+ * qemu-img runs there and the boot files are copied over ssh (through a
+ * private local temp directory, so no file is held in memory).
  */
 import { execFile } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { copyToLocal, LocalHostFiles, type HostFiles } from '../remote/hostFiles.js';
 import type { DataLevel } from '../format/naming.js';
 import { autostartFileName, bootFileName, vmConfigFileName } from '../format/naming.js';
 import { BOOT_FILE_KINDS, type DomainInfo } from '../xml/domain.js';
@@ -30,6 +38,8 @@ export interface SetFilesSpec {
   autostart: boolean;
   output: SetOutput;
   log: BackupLogger;
+  /** The hypervisor's files (default this host's). */
+  files?: HostFiles;
 }
 
 /** `qemu-img info` of an image a running VM has open. */
@@ -40,6 +50,8 @@ export async function qemuImageInfo(path: string): Promise<string> {
 
 export async function saveSetFiles(spec: SetFilesSpec): Promise<void> {
   const { output, log, ident } = spec;
+  const files = spec.files ?? new LocalHostFiles();
+  const where = files.remote ? ` on ${files.description}` : '';
   const config = vmConfigFileName(ident);
   try {
     await output.writeFile(config, spec.domainXml);
@@ -53,10 +65,10 @@ export async function saveSetFiles(spec: SetFilesSpec): Promise<void> {
     if (path === undefined) continue;
     const name = bootFileName(path, spec.level === 'copy' ? undefined : ident);
     try {
-      await output.copyFile(name, path);
-      log.info(`Saved boot file [${kind}] ${path} to: [${name}]`);
+      await copyBootFile(files, output, name, path);
+      log.info(`Saved boot file [${kind}] ${path}${where} to: [${name}]`);
     } catch (e) {
-      log.warn(`Cannot save ${kind} file ${path}: ${messageOf(e)}`);
+      log.warn(`Cannot save ${kind} file ${path}${where}: ${messageOf(e)}`);
     }
   }
 
@@ -68,10 +80,10 @@ export async function saveSetFiles(spec: SetFilesSpec): Promise<void> {
       continue;
     }
     try {
-      await output.writeFile(target.qcowInfoFile, await qemuImageInfo(path));
+      await output.writeFile(target.qcowInfoFile, await files.qemuImageInfo(path));
       log.info(`Saved qcow image config to: [${target.qcowInfoFile}]`);
     } catch (e) {
-      log.warn(`Cannot save image information of disk ${target.disk.target} (${path}): ${messageOf(e)}`);
+      log.warn(`Cannot save image information of disk ${target.disk.target} (${path}${where}): ${messageOf(e)}`);
     }
   }
 
@@ -83,5 +95,18 @@ export async function saveSetFiles(spec: SetFilesSpec): Promise<void> {
     } catch (e) {
       log.warn(`Cannot save autostart information ${name}: ${messageOf(e)}`);
     }
+  }
+}
+
+/** A boot file into the set: directly from this host, or fetched over ssh into a private temp file first. */
+async function copyBootFile(files: HostFiles, output: SetOutput, name: string, path: string): Promise<void> {
+  if (!files.remote) return output.copyFile(name, path);
+  const dir = await mkdtemp(join(tmpdir(), 'virtnbdbackup-boot-'));
+  try {
+    const local = join(dir, 'file');
+    await copyToLocal(files, path, local);
+    await output.copyFile(name, local);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
   }
 }

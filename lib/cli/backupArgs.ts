@@ -8,6 +8,7 @@
  */
 import type { Level, OutputType } from '../backup/level.js';
 import { parseDiskList } from '../backup/disks.js';
+import { sshLoginOfUri } from '../remote/remoteHost.js';
 import { ArgumentError, formatHelp, formatUsage, parseArguments, type ArgValue, type OptionSpec, type ProgramSpec } from './argParser.js';
 
 export interface BackupArgsEnvironment {
@@ -50,6 +51,8 @@ export interface BackupOptions {
   uri: string;
   user?: string;
   password?: string;
+  /** --password-file: the libvirt password is this file's first line. */
+  passwordFile?: string;
   sshUser: string;
   sshPort: number;
   sshPrivateKey?: string;
@@ -177,11 +180,24 @@ function optionTable(env: BackupArgsEnvironment): OptionSpec[] {
       long: '--ssh-user',
       kind: 'value',
       group: REMOTE,
-      help: `User to authenticate against the remote sshd, for copying files. (default: ${env.user})`,
+      help: `User to authenticate against the remote sshd, for copying files. (default: the URI's user, else ${env.user})`,
     },
-    { dest: 'ssh_port', long: '--ssh-port', kind: 'value', int: true, group: REMOTE, help: 'Port of the remote sshd. (default: 22)' },
+    { dest: 'ssh_port', long: '--ssh-port', kind: 'value', int: true, group: REMOTE, help: "Port of the remote sshd. (default: the URI's port, else 22)" },
     { dest: 'ssh_private_key', long: '--ssh-private-key', kind: 'value', group: REMOTE, help: 'Private key file for ssh (as ssh -i). (default: None)' },
-    { dest: 'password', long: '--password', kind: 'value', group: REMOTE, help: 'Password to authenticate against libvirtd. (default: None)' },
+    {
+      dest: 'password',
+      long: '--password',
+      kind: 'value',
+      group: REMOTE,
+      help: 'Password to authenticate against libvirtd; visible in the process list, prefer --password-file or the VIRTNBD_PASSWORD environment variable. (default: None)',
+    },
+    {
+      dest: 'password_file',
+      long: '--password-file',
+      kind: 'value',
+      group: REMOTE,
+      help: 'Read the password to authenticate against libvirtd from this file (its first line). (default: None)',
+    },
     {
       dest: 'nbd_port',
       long: '--nbd-port',
@@ -189,16 +205,24 @@ function optionTable(env: BackupArgsEnvironment): OptionSpec[] {
       kind: 'value',
       int: true,
       group: REMOTE,
-      help: 'Port of the remote NBD server; use a different one for each concurrent backup. (default: 10809)',
+      help:
+        'TCP port of the backup job\'s NBD server, used for remote domains; a local backup uses the unix socket (-f) unless -P, -I or --tls is given. ' +
+        'Use a different port for each concurrent backup. (default: 10809)',
     },
-    { dest: 'nbd_ip', long: '--nbd-ip', short: '-I', kind: 'value', group: REMOTE, help: 'IP address the remote NBD server binds to (default: host name libvirtd reports)' },
-    { dest: 'tls', long: '--tls', kind: 'flag', group: REMOTE, help: 'Use TLS for the NBD connection. (default: False)' },
+    { dest: 'nbd_ip', long: '--nbd-ip', short: '-I', kind: 'value', group: REMOTE, help: 'IP address or host name the NBD server binds to and is reached at (default: host name libvirtd reports)' },
+    {
+      dest: 'tls',
+      long: '--tls',
+      kind: 'flag',
+      group: REMOTE,
+      help: "Serve NBD on TCP with TLS (the server certificate from qemu.conf's backup_tls_x509_cert_dir), also for a local backup. (default: False)",
+    },
     {
       dest: 'tls_cert',
       long: '--tls-cert',
       kind: 'value',
       group: REMOTE,
-      help: 'Directory of the TLS certificates used for offline backup and restore. (default: /etc/pki/qemu/)',
+      help: 'Directory of the TLS certificates: ca-cert.pem verifies the NBD server, client-cert.pem and client-key.pem (if present) identify us. (default: /etc/pki/qemu/)',
     },
     { dest: 'syslog', long: '--syslog', short: '-L', kind: 'flag', group: LOGGING, help: 'Also send log messages to syslog (default: False)' },
     { dest: 'quiet', long: '--quiet', kind: 'flag', group: LOGGING, help: 'Do not log to stderr; implies --noprogress (default: False)' },
@@ -243,15 +267,6 @@ export function backupOptionNames(): ReadonlyMap<string, string> {
  * features land.
  */
 export const BACKUP_OPTIONS_NOT_YET: ReadonlySet<string> = new Set([
-  '--user',
-  '--password',
-  '--ssh-user',
-  '--ssh-port',
-  '--ssh-private-key',
-  '--nbd-port',
-  '--nbd-ip',
-  '--tls',
-  '--tls-cert',
 ]);
 
 /** The options among `notYet` that the command line used, in display form (`-S/--start-domain`). */
@@ -322,8 +337,9 @@ export function parseBackupArgs(argv: readonly string[], env: BackupArgsEnvironm
     strict: flag('strict'),
     noSparseDetection: flag('no_sparse_detection'),
     uri: str('uri') ?? (env.user === 'root' ? 'qemu:///system' : 'qemu:///session'),
-    sshUser: str('ssh_user') ?? env.user,
-    sshPort: num('ssh_port') ?? 22,
+    // A qemu+ssh:// URI's user and port are the hypervisor's ssh login too.
+    sshUser: str('ssh_user') ?? sshLoginOfUri(str('uri') ?? '').user ?? env.user,
+    sshPort: num('ssh_port') ?? sshLoginOfUri(str('uri') ?? '').port ?? 22,
     nbdPort: num('nbd_port') ?? 10809,
     tls: flag('tls'),
     tlsCert: str('tls_cert') ?? '/etc/pki/qemu/',
@@ -352,6 +368,7 @@ export function parseBackupArgs(argv: readonly string[], env: BackupArgsEnvironm
   for (const [dest, key] of [
     ['user', 'user'],
     ['password', 'password'],
+    ['password_file', 'passwordFile'],
     ['ssh_private_key', 'sshPrivateKey'],
   ] as const) {
     const value = str(dest);

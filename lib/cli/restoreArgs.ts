@@ -5,6 +5,7 @@
  * process's user, home and pid in, options or an ArgumentError out.
  */
 import type { RestoreAction, RestoreOptions } from '../restore/options.js';
+import { sshLoginOfUri } from '../remote/remoteHost.js';
 import { ArgumentError, formatHelp, formatUsage, parseArguments, type ArgValue, type OptionSpec, type ProgramSpec } from './argParser.js';
 
 export interface RestoreArgsEnvironment {
@@ -19,6 +20,10 @@ export interface RestoreArgsEnvironment {
 
 /** RestoreOptions plus what only the command line cares about. */
 export interface RestoreCliOptions extends RestoreOptions {
+  /** --user, --password, --password-file: the libvirt login (lib/cli/credentials.ts resolves them). */
+  user?: string;
+  password?: string;
+  passwordFile?: string;
   noProgress: boolean;
   socketFile: string;
   logFile: string;
@@ -98,8 +103,10 @@ function optionTable(env: RestoreArgsEnvironment, prog: string): OptionSpec[] {
     { dest: 'uri', long: '--uri', short: '-U', kind: 'value', group: REMOTE, help: `Libvirt connection URI. (default: ${uri})` },
     { dest: 'user', long: '--user', kind: 'value', group: REMOTE, help: 'User to authenticate against libvirtd. (default: None)' },
     { dest: 'ssh_user', long: '--ssh-user', kind: 'value', group: REMOTE, help: `User to authenticate against remote sshd: used for remote copy of files. (default: ${env.user})` },
-    { dest: 'ssh_port', long: '--ssh-port', kind: 'value', int: true, group: REMOTE, help: 'Port of the remote sshd. (default: 22)' },
-    { dest: 'password', long: '--password', kind: 'value', group: REMOTE, help: 'Password to authenticate against libvirtd. (default: None)' },
+    { dest: 'ssh_port', long: '--ssh-port', kind: 'value', int: true, group: REMOTE, help: "Port of the remote sshd. (default: the URI's port, else 22)" },
+    { dest: 'ssh_private_key', long: '--ssh-private-key', kind: 'value', group: REMOTE, help: "Private key file for ssh (as ssh -i). (default: the URI's keyfile)" },
+    { dest: 'password', long: '--password', kind: 'value', group: REMOTE, help: 'Password to authenticate against libvirtd; visible in the process list, prefer --password-file or the VIRTNBD_PASSWORD environment variable. (default: None)' },
+    { dest: 'password_file', long: '--password-file', kind: 'value', group: REMOTE, help: 'Read the password to authenticate against libvirtd from this file (its first line). (default: None)' },
     { dest: 'nbd_port', long: '--nbd-port', short: '-P', kind: 'value', int: true, group: REMOTE, help: 'Port used by remote NBD Service. (default: 10809)' },
     { dest: 'nbd_ip', long: '--nbd-ip', short: '-I', kind: 'value', group: REMOTE, help: 'IP used to bind remote NBD service on (default: hostname returned by libvirtd)' },
     { dest: 'tls', long: '--tls', kind: 'flag', group: REMOTE, help: 'Enable and use TLS for NBD connection. (default: False)' },
@@ -124,16 +131,10 @@ export function restoreProgramSpec(env: RestoreArgsEnvironment): ProgramSpec {
 
 /**
  * Options of virtnbdrestore whose behaviour virtnbd does not have yet
- * (restore to a remote host); the command refuses them rather than
+ * (TLS for the remote qemu-nbd); the command refuses them rather than
  * ignoring them.
  */
 export const RESTORE_OPTIONS_NOT_YET: ReadonlySet<string> = new Set([
-  '--user',
-  '--password',
-  '--ssh-user',
-  '--ssh-port',
-  '--nbd-port',
-  '--nbd-ip',
   '--tls',
   '--tls-cert',
 ]);
@@ -150,6 +151,10 @@ export function parseRestoreArgs(argv: readonly string[], env: RestoreArgsEnviro
     return typeof value === 'string' ? value : undefined;
   };
   const flag = (dest: string): boolean => v.get(dest) === true;
+  const num = (dest: string): number | undefined => {
+    const value: ArgValue | undefined = v.get(dest);
+    return typeof value === 'number' ? value : undefined;
+  };
   const fail = (message: string): never => {
     throw new ArgumentError(spec.prog, formatUsage(spec), message);
   };
@@ -168,6 +173,13 @@ export function parseRestoreArgs(argv: readonly string[], env: RestoreArgsEnviro
     if (sequence.length === 0) fail('argument -s/--sequence: expected a comma-separated list of data files');
   }
   const uri = str('uri') ?? (env.user === 'root' ? 'qemu:///system' : 'qemu:///session');
+  for (const [dest, display] of [
+    ['nbd_port', '-P/--nbd-port'],
+    ['ssh_port', '--ssh-port'],
+  ] as const) {
+    const port = num(dest);
+    if (port !== undefined && (port < 1 || port > 65535)) fail(`argument ${display}: not a TCP port: ${port}`);
+  }
   const given = new Set(spec.options.filter((o) => v.has(o.dest)).map((o) => o.long));
   const options: RestoreCliOptions = {
     action,
@@ -196,6 +208,26 @@ export function parseRestoreArgs(argv: readonly string[], env: RestoreArgsEnviro
     if (value !== undefined) options[key] = value;
   }
   if (sequence) options.sequence = sequence;
+  for (const [dest, key] of [
+    ['user', 'user'],
+    ['password', 'password'],
+    ['password_file', 'passwordFile'],
+  ] as const) {
+    const value = str(dest);
+    if (value !== undefined) options[key] = value;
+  }
+  // A restore to a remote hypervisor: ssh login (a qemu+ssh:// URI's user and port by default) and qemu-nbd's address there.
+  const login = sshLoginOfUri(uri);
+  const sshUser = str('ssh_user') ?? login.user;
+  if (sshUser !== undefined) options.sshUser = sshUser;
+  const sshPort = num('ssh_port') ?? login.port;
+  if (sshPort !== undefined) options.sshPort = sshPort;
+  const key = str('ssh_private_key');
+  if (key !== undefined) options.sshPrivateKey = key;
+  const nbdPort = num('nbd_port');
+  if (nbdPort !== undefined) options.nbdPort = nbdPort;
+  const nbdIp = str('nbd_ip');
+  if (nbdIp !== undefined && nbdIp !== '') options.nbdIp = nbdIp;
   return { kind: 'run', options };
 }
 

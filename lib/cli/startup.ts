@@ -7,6 +7,7 @@
 import { ArgumentError } from './argParser.js';
 import { createLogger, type Logger } from './logger.js';
 import { packageVersion } from './notYet.js';
+import { redactArgv } from './credentials.js';
 
 export type Parsed<O> = { kind: 'run'; options: O } | { kind: 'help'; text: string } | { kind: 'version' };
 
@@ -50,6 +51,8 @@ export async function startCommand<O extends CommonCliOptions>(
     await logger.close();
     return { exit: 1 };
   }
-  logger.info(`Version: ${packageVersion()} Arguments: ${command} ${argv.join(' ')}`);
+  // A --password given on the command line never reaches the log.
+  const password = (options as { password?: string }).password;
+  logger.info(`Version: ${packageVersion()} Arguments: ${command} ${redactArgv(argv, password).join(' ')}`);
   return { options, logger };
 }

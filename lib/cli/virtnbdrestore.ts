@@ -11,6 +11,7 @@ import { RestoreAbortedError } from '../restore/errors.js';
 import { startCommand } from './startup.js';
 import { createProgress } from './progress.js';
 import { parseRestoreArgs, restoreNotYetGiven } from './restoreArgs.js';
+import { CredentialsError, resolveCredentials, type LibvirtCredentials } from './credentials.js';
 
 const SIGNAL_EXIT: Record<'SIGINT' | 'SIGTERM' | 'SIGHUP', number> = { SIGINT: 130, SIGTERM: 143, SIGHUP: 129 };
 
@@ -27,9 +28,17 @@ export async function main(argv: string[]): Promise<number> {
   if ('exit' in started) return started.exit;
   const { options, logger } = started;
   const notYet = restoreNotYetGiven(options);
-  const remote = !/^qemu:\/\/\/(system|session)$/.test(options.uri ?? 'qemu:///system') && options.action === 'restore';
-  if (notYet.length > 0 || remote) {
-    logger.error(`Not yet: restore to a remote host (${[...notYet, ...(remote ? [`-U ${options.uri}`] : [])].join(', ')}) is not implemented in this version of virtnbd`);
+  if (notYet.length > 0) {
+    logger.error(`Not yet: ${notYet.join(', ')} ${notYet.length > 1 ? 'are' : 'is'} not implemented in this version of virtnbd`);
+    await logger.close();
+    return 1;
+  }
+  let credentials: LibvirtCredentials | undefined;
+  try {
+    credentials = resolveCredentials({ user: options.user, password: options.password, passwordFile: options.passwordFile, env: process.env });
+  } catch (e) {
+    if (!(e instanceof CredentialsError)) throw e;
+    logger.error(e.message);
     await logger.close();
     return 1;
   }
@@ -55,7 +64,7 @@ export async function main(argv: string[]): Promise<number> {
   const showProgress = !options.noProgress && Boolean(process.stderr.isTTY);
   try {
     const result = await restore(
-      { ...options, signal: controller.signal },
+      { ...options, ...(credentials ? { credentials } : {}), signal: controller.signal },
       { logger, progress: (label, total) => createProgress({ label, total, enabled: showProgress }) },
     );
     if (result.action === 'verify' && result.unchecked && result.unchecked.length > 0 && result.verified?.length === 0) {

@@ -133,6 +133,21 @@ export class LibvirtError extends Error {
   }
 }
 
+/**
+ * A login to libvirtd that failed (VIR_ERR_AUTH_FAILED: wrong user name or
+ * password) or could not be tried (VIR_ERR_AUTH_UNAVAILABLE: no
+ * credentials, no usable mechanism). Names the user, never the password.
+ */
+export class LibvirtAuthError extends LibvirtError {
+  readonly user: string | undefined;
+
+  constructor(code: number, message: string, user: string | undefined, cause?: unknown) {
+    super({ code, domain: VIR_FROM_AUTH, message, cause });
+    this.name = 'LibvirtAuthError';
+    this.user = user;
+  }
+}
+
 /** Connection-level failure: socket lost, protocol violated, keepalive timed out. */
 export function rpcError(message: string, cause?: unknown): LibvirtError {
   return new LibvirtError({ code: VIR_ERR_RPC, domain: VIR_FROM_RPC, message, cause });

@@ -1,13 +1,15 @@
 /**
  * Hypervisor: a connection to one libvirt daemon, shaped like
  * node-libvirt's, with promises. connect() opens the URI's transport,
- * authenticates (REMOTE_PROC_AUTH_LIST), opens the driver
+ * authenticates (REMOTE_PROC_AUTH_LIST; polkit, or SASL with the
+ * credentials given as options, see sasl.ts), opens the driver
  * (REMOTE_PROC_CONNECT_OPEN) and starts keepalive; close() sends
  * REMOTE_PROC_CONNECT_CLOSE and ends the transport.
  */
 import { RpcConnection } from './connection.js';
 import { Domain } from './domain.js';
 import {
+  LibvirtAuthError,
   LibvirtError,
   VIR_ERR_AUTH_FAILED,
   VIR_ERR_AUTH_UNAVAILABLE,
@@ -28,9 +30,10 @@ import {
   writeOptionalString,
   writeString,
 } from './remote-types.js';
+import { authenticateSasl, type Credentials } from './sasl.js';
 import { StoragePool } from './storage-pool.js';
-import { connectTcp, connectUnix, spawnTransport, type Transport } from './transport.js';
-import { localSocketPath, parseLibvirtUri, sshCommand, tcpPort, type LibvirtUri } from './uri.js';
+import { connectTcp, connectTls, connectUnix, spawnTransport, type Transport } from './transport.js';
+import { flagParam, localSocketPath, parseLibvirtUri, sshCommand, tcpPort, type LibvirtUri } from './uri.js';
 
 /** remote_auth_type */
 export const REMOTE_AUTH_NONE = 0;
@@ -46,6 +49,11 @@ export interface HypervisorOptions {
   keepaliveCount?: number;
   /** Opens the byte pipe instead of the URI's own transport (custom ssh, tests). */
   transport?: (uri: LibvirtUri) => Promise<Transport>;
+  /**
+   * User name and password for daemons that demand SASL (auth_tcp or
+   * auth_tls = "sasl"). Without a username here, the URI's user is used.
+   */
+  credentials?: { username?: string; password: string };
 }
 
 /** 9000000 -> "9.0.0", libvirt's major * 1,000,000 + minor * 1,000 + release. */
@@ -60,6 +68,8 @@ export function openTransport(uri: LibvirtUri, readOnly = false): Promise<Transp
       return connectUnix(localSocketPath(uri, readOnly));
     case 'tcp':
       return connectTcp(uri.host!, tcpPort(uri));
+    case 'tls':
+      return connectTls(uri.host!, tcpPort(uri), { pkipath: uri.params.pkipath, noVerify: flagParam(uri, 'no_verify') });
     case 'ssh': {
       const { command, args } = sshCommand(uri, readOnly);
       const host = uri.host!.includes(':') ? `[${uri.host}]` : uri.host;
@@ -143,17 +153,29 @@ export class Hypervisor {
       return;
     }
     if (types.includes(REMOTE_AUTH_SASL)) {
-      throw new LibvirtError({
-        code: VIR_ERR_AUTH_UNAVAILABLE,
-        domain: VIR_FROM_AUTH,
-        message: `libvirt at ${where} requires SASL authentication, which virtnbd's libvirt client does not support yet; use a local or qemu+ssh:// URI, or allow auth "none" there`,
-      });
+      const kind = rpc.transport.kind;
+      await authenticateSasl(rpc, this.saslCredentials(), { where, confidential: kind === 'tls' || kind === 'unix', plainTcp: kind === 'tcp' });
+      return;
     }
     throw new LibvirtError({
       code: VIR_ERR_AUTH_UNAVAILABLE,
       domain: VIR_FROM_AUTH,
       message: `libvirt at ${where} offers only unknown authentication types ${types.join(', ')}`,
     });
+  }
+
+  private saslCredentials(): Credentials | undefined {
+    const given = this.options.credentials;
+    if (!given) return undefined;
+    const username = given.username ?? this.uri.user;
+    if (username === undefined || username === '') {
+      throw new LibvirtAuthError(
+        VIR_ERR_AUTH_UNAVAILABLE,
+        `libvirt at ${this.uri.uri} requires SASL authentication and a password was given, but no user name: pass --user (or user@ in the URI)`,
+        undefined,
+      );
+    }
+    return { username, password: given.password };
   }
 
   /** Says goodbye (CONNECT_CLOSE) and closes the transport. Idempotent. */

@@ -11,7 +11,9 @@ export { RpcConnection, type RpcConnectionEvents } from './connection.js';
 export { LibvirtError } from './errors.js';
 export * from './errors.js';
 export * from './flags.js';
-export { connectTcp, connectUnix, spawnTransport, type Transport } from './transport.js';
+export { connectTcp, connectTls, connectUnix, spawnTransport, tlsFiles, type TlsConnectOptions, type TlsFiles, type Transport, type TransportKind } from './transport.js';
+export { authenticateSasl, chooseMechanism, parseMechanisms, type Credentials, type SaslContext } from './sasl.js';
+export { ScramClient, ScramError, saslPrep, type ScramHash, type ScramOptions } from './scram.js';
 export { localSocketPath, parseLibvirtUri, sshCommand, tcpPort, type LibvirtUri, type UriTransport } from './uri.js';
 export {
   VIR_TYPED_PARAM_BOOLEAN,

@@ -124,7 +124,7 @@ export function tcpPort(u: LibvirtUri): number {
  * A numeric flag parameter (no_verify, no_tty): libvirt reads it as an
  * integer, non-zero meaning on, and refuses anything else.
  */
-function flagParam(u: LibvirtUri, name: string): boolean {
+export function flagParam(u: LibvirtUri, name: string): boolean {
   const v = u.params[name];
   if (v === undefined) return false;
   if (!/^[+-]?\d+$/.test(v.trim())) throw uriError(u.uri, `parameter ${name}='${v}' must be an integer (0 or 1)`);

@@ -55,6 +55,26 @@ export async function loadTlsCredentials(opts: NbdTlsOptions): Promise<{ ca?: Bu
   return { ca, cert, key };
 }
 
+/** OpenSSL's verification codes for a server certificate our CA did not sign. */
+const UNTRUSTED = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_SIGNATURE_FAILURE',
+]);
+
+/** The certificate problem behind a failed handshake in plain words ('' when it is something else). */
+function certificateProblem(code: string | undefined, opts: NbdTlsOptions, hostname: string | undefined): string {
+  const ca = opts.ca !== undefined ? 'the given CA' : opts.certificates ? `the CA in ${join(opts.certificates, 'ca-cert.pem')}` : 'any CA of the system store';
+  if (code !== undefined && UNTRUSTED.has(code)) return `the server certificate is not signed by ${ca}: `;
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return `the server certificate is not valid for host ${hostname ?? '?'}: `;
+  if (code === 'CERT_HAS_EXPIRED') return 'the server certificate has expired: ';
+  if (code === 'CERT_NOT_YET_VALID') return 'the server certificate is not valid yet: ';
+  return '';
+}
+
 /** Run the TLS handshake over `socket` (after the server ACKed NBD_OPT_STARTTLS). */
 export async function startTls(socket: Duplex, opts: NbdTlsOptions, defaultHost?: string): Promise<tls.TLSSocket> {
   const creds = await loadTlsCredentials(opts);
@@ -75,7 +95,8 @@ export async function startTls(socket: Duplex, opts: NbdTlsOptions, defaultHost?
     const onError = (err: NodeJS.ErrnoException): void => {
       secure.destroy();
       const code = err.code ? ` (${err.code})` : '';
-      reject(new NbdHandshakeError(`TLS handshake with the NBD server failed: ${err.message}${code}`, { option: 'NBD_OPT_STARTTLS' }));
+      const problem = certificateProblem(err.code, opts, hostname);
+      reject(new NbdHandshakeError(`TLS handshake with the NBD server failed: ${problem}${err.message}${code}`, { option: 'NBD_OPT_STARTTLS', cause: err }));
     };
     secure.once('error', onError);
     secure.once('secureConnect', () => {

@@ -2,7 +2,8 @@
  * The last steps of a restore, once the images are in place: the domain
  * config written to the output directory (adjusted with -c/-D, else the
  * original), boot files put back, the domain defined (-D), and a libvirt
- * storage pool over the output directory refreshed.
+ * storage pool over the output directory refreshed. On a remote target
+ * the config and boot files are written on the hypervisor, over ssh.
  */
 import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -10,7 +11,8 @@ import type { Logger } from '../cli/logger.js';
 import type { DomainInfo } from '../xml/domain.js';
 import { adjustDomainConfig } from './config.js';
 import type { RestoredImage, RestoreOptions } from './options.js';
-import { defineDomain, refreshPool, restoreBootFiles, writeFileAtomic } from './outputs.js';
+import { defineDomain, refreshPool, restoreBootFiles, writeHostFileAtomic } from './outputs.js';
+import { LocalHostFiles, type HostFiles } from '../remote/hostFiles.js';
 import { classifySetFile, pickBootFile, type ChainEnd } from './setFiles.js';
 
 export const DEFAULT_CONFIG_FILE = 'vmconfig.xml';
@@ -26,6 +28,8 @@ export interface FinishInput {
   /** Names of the set's files (to find boot files and the autostart mark). */
   setNames: readonly string[];
   open(name: string): Promise<Readable>;
+  /** Where the output directory is (default this host). */
+  files?: HostFiles;
 }
 
 export async function finishConfig(input: FinishInput): Promise<{ configFile?: string; domain?: string }> {
@@ -45,19 +49,20 @@ export async function finishConfig(input: FinishInput): Promise<{ configFile?: s
       for (const change of adjusted.changes) logger.info(`Config: ${change}`);
       xml = adjusted.xml;
     }
-    await writeFileAtomic(file, xml);
+    const files = input.files ?? new LocalHostFiles();
+    await writeHostFileAtomic(files, file, xml);
     result.configFile = file;
     if (adjust) {
-      logger.info(`Adjusted config placed in: [${file}]`);
+      logger.info(`Adjusted config placed in: [${file}]${files.remote ? ` on ${files.description}` : ''}`);
       if (!options.define) logger.info(`Use 'virsh -c ${uri} define ${file}' to define VM`);
     } else {
       logger.info(`Copied original vm config to [${file}]`);
       logger.info('Note: virtual machine config must be adjusted manually.');
     }
-    await restoreBootFiles(vmConfig.domain, (hostPath) => pickBootFile(input.setNames, hostPath, input.end), input.open, logger);
+    await restoreBootFiles(vmConfig.domain, (hostPath) => pickBootFile(input.setNames, hostPath, input.end), input.open, logger, files);
     if (options.define) {
       const autostart = input.setNames.some((n) => classifySetFile(n).kind === 'autostart');
-      result.domain = await defineDomain(uri, xml, autostart, logger);
+      result.domain = await defineDomain(uri, xml, autostart, logger, options.credentials);
     }
   }
   await refreshPool(uri, output, logger);

@@ -7,6 +7,8 @@
  * image names are checked to be free. Then each disk is rebuilt under a
  * temporary name; only when all of them are complete are they moved to
  * their final names. On any failure every image written so far is removed.
+ * The output side is the restore target's (target.ts): this host, or a
+ * remote hypervisor reached by ssh.
  */
 import { mkdir, rm } from 'node:fs/promises';
 import { resolve } from 'node:path';
@@ -20,8 +22,10 @@ import type { RestoreContext, RestoreOptions, RestoreResult } from './options.js
 import { noProgress } from './options.js';
 import { checkTargetsFree, clearStalePartial, commitImages, createWorkDir, finalImagePaths, temporaryPath, type PendingImage } from './outputs.js';
 import { finishConfig } from './finish.js';
-import { copyRawImage } from './rawCopy.js';
+import { copyRawImage, copyRawImageRemote } from './rawCopy.js';
+import { SshHostFiles } from '../remote/sshHostFiles.js';
 import { readDataHead, type BackupSetReader } from './set.js';
+import { localTarget, type RestoreTarget } from './target.js';
 import { classifySetFile, pickQcowInfo, pickVmConfig, qcowCreateOptions, type ChainEnd } from './setFiles.js';
 
 const SMALL_FILE_MAX = 16 * 1024 * 1024;
@@ -60,7 +64,13 @@ async function scanDataFiles(reader: BackupSetReader, names: readonly string[], 
   return { streams, raws };
 }
 
-export async function restoreFromSet(reader: BackupSetReader, options: RestoreOptions, context: RestoreContext): Promise<RestoreResult> {
+export async function restoreFromSet(
+  reader: BackupSetReader,
+  options: RestoreOptions,
+  context: RestoreContext,
+  target: RestoreTarget = localTarget(),
+): Promise<RestoreResult> {
+  const files = target.files;
   const { logger } = context;
   const names = reader.names;
   const sequence = options.sequence;
@@ -147,10 +157,11 @@ export async function restoreFromSet(reader: BackupSetReader, options: RestoreOp
   // 3. Final names, checked free before anything is written.
   const output = resolve(options.output);
   const finals = finalImagePaths([...plans.keys()], output, domain, { byDiskName: !!sequence });
-  await checkTargetsFree(finals.values(), !!options.overwrite);
+  await checkTargetsFree(finals.values(), !!options.overwrite, files);
 
   // 4. Rebuild each disk under its temporary name.
-  await mkdir(output, { recursive: true });
+  if (files.remote) await files.mkdirp(output);
+  else await mkdir(output, { recursive: true });
   const work = await createWorkDir(options.tempDir);
   const pending: PendingImage[] = [];
   let current: DiskImage | undefined;
@@ -158,7 +169,7 @@ export async function restoreFromSet(reader: BackupSetReader, options: RestoreOp
     for (const plan of plans.values()) {
       options.signal?.throwIfAborted();
       const temp = temporaryPath(finals.get(plan.disk)!);
-      await clearStalePartial(temp, logger);
+      await clearStalePartial(temp, logger, files);
       if (plan.raw !== undefined) {
         logger.info(`Restoring raw image ${plan.raw} to ${finals.get(plan.disk)} as it is`);
         const configured = domain?.disks.find((d) => d.target === plan.disk)?.format;
@@ -167,7 +178,9 @@ export async function restoreFromSet(reader: BackupSetReader, options: RestoreOp
         }
         const bar = (context.progress ?? noProgress)(`restoring disk [${plan.disk}]`, 0);
         pending.push({ disk: plan.disk, temp, format: 'raw', files: [plan.raw] });
-        await copyRawImage(await reader.open(plan.raw), temp, plan.raw, { onData: (n) => bar.update(n), signal: options.signal });
+        const copyOptions = { onData: (n: number) => bar.update(n), signal: options.signal };
+        if (files instanceof SshHostFiles) await copyRawImageRemote(await reader.open(plan.raw), temp, plan.raw, files, copyOptions);
+        else await copyRawImage(await reader.open(plan.raw), temp, plan.raw, copyOptions);
         bar.done();
         continue;
       }
@@ -197,6 +210,7 @@ export async function restoreFromSet(reader: BackupSetReader, options: RestoreOp
         createOptions,
         preallocate: options.preallocate,
         socket: `${work.path}/${plan.disk}.sock`,
+        ...(target.server ? { remote: target.server } : {}),
       });
       const total = chain.steps.reduce((sum, s) => sum + s.metadata.dataSize, 0);
       const bar = (context.progress ?? noProgress)(`restoring disk [${plan.disk}]`, total);
@@ -219,10 +233,10 @@ export async function restoreFromSet(reader: BackupSetReader, options: RestoreOp
       current = undefined;
     }
     // 5. All complete: final names.
-    await commitImages(pending, finals, !!options.overwrite, logger);
+    await commitImages(pending, finals, !!options.overwrite, logger, files);
   } catch (error) {
     await current?.discard();
-    for (const p of pending) await rm(p.temp, { force: true });
+    for (const p of pending) await (files.remote ? files.remove(p.temp).catch(() => undefined) : rm(p.temp, { force: true }));
     await work.dispose();
     throw error;
   }
@@ -237,6 +251,7 @@ export async function restoreFromSet(reader: BackupSetReader, options: RestoreOp
     end: endOf(first),
     setNames: names,
     open: (name) => reader.open(name),
+    files,
   });
   return { action: 'restore', images, ...finish };
 }

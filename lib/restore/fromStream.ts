@@ -21,7 +21,8 @@
  *   the data; when it asks for other qcow2 options than the image was
  *   created with, the image is converted once at the end.
  * Nothing is under a final name until everything succeeded; on failure all
- * images are removed.
+ * images are removed. The output side is the restore target's (target.ts):
+ * this host, or a remote hypervisor reached by ssh.
  */
 import { createReadStream, createWriteStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
@@ -29,16 +30,18 @@ import { join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { parseChecksumFile } from '../format/adler32.js';
-import { convertImage } from '../qemu/qemuImg.js';
 import { parseDomainXml, type DomainInfo } from '../xml/domain.js';
 import { diskOf, StreamingChain, type ChainFile, type DiskChain } from './chain.js';
-import { commitFile, DiskImage } from './diskRestore.js';
+import { DiskImage } from './diskRestore.js';
 import type { SetEntry } from './entries.js';
 import { BackupSetError, ChecksumMismatchError, RestoreError } from './errors.js';
 import { finishConfig } from './finish.js';
 import { noProgress, type RestoredImage, type RestoreContext, type RestoreOptions, type RestoreResult } from './options.js';
 import { checkTargetsFree, clearStalePartial, commitImages, createWorkDir, finalImagePaths, type PendingImage, type WorkDir } from './outputs.js';
-import { copyRawImage } from './rawCopy.js';
+import { copyRawImage, copyRawImageRemote } from './rawCopy.js';
+import type { HostFiles } from '../remote/hostFiles.js';
+import { SshHostFiles } from '../remote/sshHostFiles.js';
+import { localTarget, type RestoreTarget } from './target.js';
 import { readDataHead } from './set.js';
 import { classifySetFile, pickQcowInfo, pickVmConfig, qcowCreateOptions, type ChainEnd } from './setFiles.js';
 
@@ -98,8 +101,13 @@ class StreamRestore {
     private readonly options: RestoreOptions,
     private readonly context: RestoreContext,
     private readonly work: WorkDir,
+    private readonly target: RestoreTarget,
   ) {
     this.output = resolve(options.output);
+  }
+
+  private get files(): HostFiles {
+    return this.target.files;
   }
 
   private get logger() {
@@ -146,11 +154,13 @@ class StreamRestore {
       const d = this.diskState(nameDisk);
       if (d.raw !== undefined || d.image) throw new BackupSetError(`Disk ${nameDisk}: ${entry.name} is a raw image, but the archive already held ${d.raw ?? 'stream files'} for it`);
       await this.earlyTargetCheck(nameDisk);
-      await clearStalePartial(d.temp, this.logger);
+      await clearStalePartial(d.temp, this.logger, this.files);
       d.raw = entry.name;
       this.logger.info(`Copying raw image ${entry.name} as it is`);
       const bar = (this.context.progress ?? noProgress)(`restoring disk [${nameDisk}]`, 0);
-      await copyRawImage(stream, d.temp, entry.name, { onData: (n) => bar.update(n), signal: this.options.signal });
+      const copyOptions = { onData: (n: number) => bar.update(n), signal: this.options.signal };
+      if (this.files instanceof SshHostFiles) await copyRawImageRemote(stream, d.temp, entry.name, this.files, copyOptions);
+      else await copyRawImage(stream, d.temp, entry.name, copyOptions);
       bar.done();
       return;
     }
@@ -189,13 +199,13 @@ class StreamRestore {
     const config = pickVmConfig([...this.small.keys()]);
     if (config === undefined || this.options.overwrite) return;
     const domain = parseDomainXml(this.small.get(config)!.toString('utf8'), config);
-    await checkTargetsFree(finalImagePaths([disk], this.output, domain).values(), false);
+    await checkTargetsFree(finalImagePaths([disk], this.output, domain).values(), false, this.files);
   }
 
   private async apply(d: StreamDisk, file: ChainFile, stream: Readable): Promise<void> {
     if (!d.image) {
       await this.earlyTargetCheck(d.disk);
-      await clearStalePartial(d.temp, this.logger);
+      await clearStalePartial(d.temp, this.logger, this.files);
       d.createOptions = this.qcowOptions(d.disk, { ident: file.name.ident ?? file.metadata.checkpointName, checkpoint: file.metadata.checkpointName });
       this.logger.info(
         `Create virtual disk [${d.temp}] format: [qcow2] size: [${file.metadata.virtualSize}] options: [${d.createOptions.map(([k, v]) => `${k}=${v}`).join(',')}]`,
@@ -207,6 +217,7 @@ class StreamRestore {
         createOptions: d.createOptions,
         preallocate: this.options.preallocate,
         socket: join(this.work.path, `${d.disk}.sock`),
+        ...(this.target.server ? { remote: this.target.server } : {}),
       });
     }
     const chksum = this.small.get(`${file.file}.chksum`);
@@ -264,7 +275,7 @@ class StreamRestore {
       if (domain?.disks.find((x) => x.target === d.disk)?.format === 'raw' && !this.options.raw) {
         this.logger.warn(`Disk ${d.disk} is a raw disk: not restored (use --raw to copy it as it is)`);
         await d.image?.discard();
-        await rm(d.temp, { force: true });
+        await this.files.remove(d.temp);
         this.disks.delete(d.disk);
       }
     }
@@ -277,22 +288,22 @@ class StreamRestore {
         this.logger.info(`Converting ${d.temp} to the source image's qcow2 options (${wanted.map(([k, v]) => `${k}=${v}`).join(',')})`);
         const converted = `${d.temp}.convert`;
         try {
-          await convertImage(d.temp, converted, { sourceFormat: 'qcow2', targetFormat: 'qcow2', options: wanted });
-          await commitFile(converted, d.temp, { overwrite: true });
+          await this.files.convertImage(d.temp, converted, { sourceFormat: 'qcow2', targetFormat: 'qcow2', options: wanted });
+          await this.files.commit(converted, d.temp, true);
         } finally {
-          await rm(converted, { force: true });
+          await this.files.remove(converted);
         }
       }
     }
     const finals = finalImagePaths([...this.disks.keys()], this.output, domain);
-    await checkTargetsFree(finals.values(), !!this.options.overwrite);
+    await checkTargetsFree(finals.values(), !!this.options.overwrite, this.files);
     const pending: PendingImage[] = [...this.disks.values()].map((d) => ({
       disk: d.disk,
       temp: d.temp,
       format: d.raw !== undefined ? 'raw' : 'qcow2',
       files: d.raw !== undefined ? [d.raw] : d.result!.steps.map((s) => s.file),
     }));
-    await commitImages(pending, finals, !!this.options.overwrite, this.logger);
+    await commitImages(pending, finals, !!this.options.overwrite, this.logger, this.files);
     const images: RestoredImage[] = pending.map((p) => ({ disk: p.disk, path: finals.get(p.disk)!, format: p.format, files: p.files }));
     const finish = await finishConfig({
       options: this.options,
@@ -308,6 +319,7 @@ class StreamRestore {
         if (bytes !== undefined) return Readable.from([bytes]);
         throw new BackupSetError(`${name} was not kept from ${this.label}`);
       },
+      files: this.files,
     });
     return { action: 'restore', images, ...finish };
   }
@@ -316,15 +328,21 @@ class StreamRestore {
   async discard(): Promise<void> {
     for (const d of this.disks.values()) {
       await d.image?.discard();
-      await rm(d.temp, { force: true }).catch(() => undefined);
-      await rm(`${d.temp}.convert`, { force: true }).catch(() => undefined);
+      await this.files.remove(d.temp).catch(() => undefined);
+      await this.files.remove(`${d.temp}.convert`).catch(() => undefined);
     }
   }
 }
 
-export async function restoreFromStream(entries: AsyncIterable<SetEntry>, label: string, options: RestoreOptions, context: RestoreContext): Promise<RestoreResult> {
+export async function restoreFromStream(
+  entries: AsyncIterable<SetEntry>,
+  label: string,
+  options: RestoreOptions,
+  context: RestoreContext,
+  target: RestoreTarget = localTarget(),
+): Promise<RestoreResult> {
   const work = await createWorkDir(options.tempDir);
-  const run = new StreamRestore(label, options, context, work);
+  const run = new StreamRestore(label, options, context, work, target);
   try {
     for await (const entry of entries) await run.accept(entry);
     return await run.finish();

@@ -33,8 +33,20 @@ export interface RestoreOptions {
   preallocate?: boolean;
   /** Replace images that exist under the final names. */
   overwrite?: boolean;
-  /** libvirt URI for --define (default qemu:///system). */
+  /**
+   * libvirt URI for --define (default qemu:///system); when its daemon is on
+   * another host, the restore writes there (lib/restore/target.ts).
+   */
   uri?: string;
+  /** libvirt login (SASL) for `uri`, when its daemon asks for one. */
+  credentials?: { username?: string; password: string };
+  /** Remote restores: ssh login (default: the URI's user and port, its ?keyfile=). */
+  sshUser?: string;
+  sshPort?: number;
+  sshPrivateKey?: string;
+  /** Remote restores: qemu-nbd's TCP port there (default 10809) and address (default: the host name libvirtd reports). */
+  nbdPort?: number;
+  nbdIp?: string;
   /** Where `-i -` reads from (default process.stdin). */
   stdin?: Readable;
   /** Where dump writes its JSON (default process.stdout). */

@@ -4,7 +4,8 @@
  * (kernel, initrd, loader, nvram) put back where the config says when they
  * are missing there, and, with --define, the domain defined in libvirt.
  * Also the private work directory (0700) that holds qemu-nbd's sockets and
- * spooled entries for the length of one run.
+ * spooled entries for the length of one run. The output side works on
+ * HostFiles: this host's files, or a remote hypervisor's over ssh.
  */
 import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
@@ -15,10 +16,14 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Logger } from '../cli/logger.js';
 import { Hypervisor } from '../libvirt/hypervisor.js';
+import { FileExistsError, LocalHostFiles, type HostFiles } from '../remote/hostFiles.js';
 import type { DomainInfo } from '../xml/domain.js';
 import { commitFile, exists } from './diskRestore.js';
 import { RestoreError, TargetExistsError } from './errors.js';
+import type { RestoreOptions } from './options.js';
 import { restoredFileName } from './setFiles.js';
+
+const local: HostFiles = new LocalHostFiles();
 
 /** A private directory for one run, removed by dispose() (also after failures). */
 export interface WorkDir {
@@ -72,29 +77,59 @@ export function temporaryPath(final: string): string {
 }
 
 /** Refuse (before anything is written) final names that exist, unless --overwrite. */
-export async function checkTargetsFree(paths: Iterable<string>, overwrite: boolean): Promise<void> {
+export async function checkTargetsFree(paths: Iterable<string>, overwrite: boolean, files: HostFiles = local): Promise<void> {
   if (overwrite) return;
   const taken: string[] = [];
-  for (const path of paths) if (await exists(path)) taken.push(path);
+  for (const path of paths) if (await files.exists(path)) taken.push(path);
   if (taken.length > 0) {
-    throw new TargetExistsError(`The output directory already holds ${taken.join(', ')}; not overwriting (use --overwrite to replace)`);
+    const where = files.remote ? ` on ${files.description}` : '';
+    throw new TargetExistsError(`The output directory${where} already holds ${taken.join(', ')}; not overwriting (use --overwrite to replace)`);
   }
 }
 
 /** Remove a `.partial` left by an interrupted earlier run, saying so. */
-export async function clearStalePartial(temp: string, logger: Logger): Promise<void> {
-  if (await exists(temp)) {
+export async function clearStalePartial(temp: string, logger: Logger, files: HostFiles = local): Promise<void> {
+  if (await files.exists(temp)) {
     logger.warn(`Removing ${temp}, left by an earlier restore that did not finish`);
-    await rm(temp, { force: true });
+    await files.remove(temp);
   }
 }
 
 /** Move every pending image to its final name. */
-export async function commitImages(images: readonly PendingImage[], finals: ReadonlyMap<string, string>, overwrite: boolean, logger: Logger): Promise<void> {
+export async function commitImages(
+  images: readonly PendingImage[],
+  finals: ReadonlyMap<string, string>,
+  overwrite: boolean,
+  logger: Logger,
+  files: HostFiles = local,
+): Promise<void> {
   for (const image of images) {
     const final = finals.get(image.disk)!;
-    await commitFile(image.temp, final, { overwrite });
-    logger.info(`Restored disk ${image.disk} to ${final}`);
+    if (files.remote) await commitRemote(files, image.temp, final, overwrite);
+    else await commitFile(image.temp, final, { overwrite });
+    logger.info(`Restored disk ${image.disk} to ${final}${files.remote ? ` on ${files.description}` : ''}`);
+  }
+}
+
+/** commitFile() on a remote host: the same refusal of a taken name. */
+async function commitRemote(files: HostFiles, temp: string, final: string, overwrite: boolean): Promise<void> {
+  try {
+    await files.commit(temp, final, overwrite);
+  } catch (error) {
+    if (error instanceof FileExistsError) throw new TargetExistsError(`${final} exists already on ${files.description}; not overwriting it (use --overwrite to replace it)`);
+    throw error;
+  }
+}
+
+/** writeFileAtomic() on this host or a remote one. */
+export async function writeHostFileAtomic(files: HostFiles, path: string, content: string): Promise<void> {
+  if (!files.remote) return writeFileAtomic(path, content);
+  const temp = `${path}.${randomBytes(4).toString('hex')}.partial`;
+  try {
+    await files.writeNew(temp, content);
+    await files.commit(temp, path, true);
+  } finally {
+    await files.remove(temp).catch(() => undefined);
   }
 }
 
@@ -119,10 +154,15 @@ export async function restoreBootFiles(
   locate: (hostPath: string) => string | undefined,
   open: (name: string) => Promise<Readable>,
   logger: Logger,
+  files: HostFiles = local,
 ): Promise<string[]> {
   const restored: string[] = [];
   for (const [kind, hostPath] of Object.entries(domain.bootFiles)) {
     if (hostPath === undefined) continue;
+    if (files.remote) {
+      if (await restoreRemoteBootFile(files, kind, hostPath, locate, open, logger)) restored.push(hostPath);
+      continue;
+    }
     if (await exists(hostPath)) {
       logger.info(`File [${hostPath}]: for boot option [${kind}] already exists, skipping.`);
       continue;
@@ -149,8 +189,8 @@ export async function restoreBootFiles(
 }
 
 /** Define the domain from `xml` through our libvirt client; mark it autostart if the backup says so. Returns its name. */
-export async function defineDomain(uri: string, xml: string, autostart: boolean, logger: Logger): Promise<string> {
-  const hypervisor = new Hypervisor(uri);
+export async function defineDomain(uri: string, xml: string, autostart: boolean, logger: Logger, credentials?: RestoreOptions['credentials']): Promise<string> {
+  const hypervisor = new Hypervisor(uri, credentials ? { credentials } : {});
   try {
     await hypervisor.connect();
     const domain = await hypervisor.defineXML(xml);
@@ -184,5 +224,39 @@ export async function refreshPool(uri: string, dir: string, logger: Logger): Pro
     logger.debug(`No libvirt storage pool refreshed for ${dir}: ${(error as Error).message}`);
   } finally {
     await hypervisor.close().catch(() => undefined);
+  }
+}
+
+/** One boot file put back on a remote host, under a temporary name first; a failure is a warning. */
+async function restoreRemoteBootFile(
+  files: HostFiles,
+  kind: string,
+  hostPath: string,
+  locate: (hostPath: string) => string | undefined,
+  open: (name: string) => Promise<Readable>,
+  logger: Logger,
+): Promise<boolean> {
+  const where = files.description;
+  if (await files.exists(hostPath)) {
+    logger.info(`File [${hostPath}] on ${where}: for boot option [${kind}] already exists, skipping.`);
+    return false;
+  }
+  const copy = locate(hostPath);
+  if (copy === undefined) {
+    logger.warn(`The backup set holds no copy of ${basename(hostPath)} (boot option ${kind}, ${hostPath}); it is not restored`);
+    return false;
+  }
+  logger.info(`Restoring configured file [${hostPath}] on ${where} for boot option [${kind}] from ${copy}`);
+  const temp = `${hostPath}.${randomBytes(4).toString('hex')}.partial`;
+  try {
+    await files.mkdirp(dirname(hostPath));
+    await files.writeNew(temp, await open(copy));
+    await files.commit(temp, hostPath, false);
+    return true;
+  } catch (error) {
+    logger.warn(`Cannot restore ${hostPath} on ${where} for boot option ${kind}: ${(error as Error).message}`);
+    return false;
+  } finally {
+    await files.remove(temp).catch(() => undefined);
   }
 }

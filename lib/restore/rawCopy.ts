@@ -3,11 +3,13 @@
  * backups), thin: the bytes go to a new file at their offsets, but blocks
  * of zeros are not written, so they stay holes, and the file is cut to the
  * image's length at the end. The file is fsynced before it counts as done.
- * Memory: one stream chunk at a time.
+ * Memory: one stream chunk at a time. On a remote hypervisor the bytes go
+ * over ssh to `dd conv=sparse` there, thin the same way.
  */
 import { open, rm, type FileHandle } from 'node:fs/promises';
-import { Writable, type Readable } from 'node:stream';
+import { Transform, Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import type { SshHostFiles } from '../remote/sshHostFiles.js';
 import { RestoreError } from './errors.js';
 
 /** Zero detection granularity: the usual filesystem and qcow2 cluster size. */
@@ -74,5 +76,35 @@ export async function copyRawImage(
     const err = error as Error;
     if (err.name === 'AbortError' || err instanceof RestoreError) throw err;
     throw new RestoreError(`${file}: copying the raw image failed: ${err.message}`, { cause: err });
+  }
+}
+
+/** copyRawImage() onto a remote hypervisor. On failure the file there is removed. */
+export async function copyRawImageRemote(
+  source: Readable,
+  path: string,
+  file: string,
+  files: SshHostFiles,
+  options: { onData?: (bytes: number) => void; signal?: AbortSignal } = {},
+): Promise<void> {
+  const counted = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      options.onData?.(chunk.length);
+      callback(null, chunk);
+    },
+  });
+  const abort = (): void => {
+    counted.destroy(options.signal?.reason instanceof Error ? options.signal.reason : new Error('aborted'));
+  };
+  options.signal?.addEventListener('abort', abort, { once: true });
+  source.once('error', (e) => counted.destroy(e));
+  try {
+    await files.writeNewSparse(path, source.pipe(counted));
+  } catch (error) {
+    await files.remove(path).catch(() => undefined);
+    if (options.signal?.aborted) throw options.signal.reason;
+    throw new RestoreError(`${file}: copying the raw image to ${path} on ${files.description} failed: ${(error as Error).message}`, { cause: error });
+  } finally {
+    options.signal?.removeEventListener('abort', abort);
   }
 }

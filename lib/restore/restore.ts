@@ -4,7 +4,8 @@
  * disks into new qcow2 images (restore), prints each data file's metadata
  * (dump), or checks each data file against its checksum (verify). All
  * failures are RestoreErrors (or the typed errors of the layers below)
- * with a message meant for the user.
+ * with a message meant for the user. A restore may write to a remote
+ * hypervisor (target.ts) when -U names one.
  */
 import { mkdir } from 'node:fs/promises';
 import { BackupSetError, RestoreError } from './errors.js';
@@ -16,6 +17,7 @@ import type { RestoreContext, RestoreOptions, RestoreResult } from './options.js
 import { inputKind, openSetReader } from './set.js';
 import { classifySetFile } from './setFiles.js';
 import { verifyChecksums } from './verify.js';
+import { openRestoreTarget } from './target.js';
 
 async function entriesOf(options: RestoreOptions): Promise<{ entries: AsyncIterable<SetEntry>; stream: boolean; label: string }> {
   const kind = await inputKind(options.input);
@@ -56,10 +58,12 @@ export async function restore(options: RestoreOptions, context: RestoreContext):
     options = { ...options, adjustConfig: false, define: false };
   }
   const kind = await inputKind(options.input);
+  const target = await openRestoreTarget(options, logger);
   if (kind === 'stream') {
-    await mkdir(options.output, { recursive: true });
+    if (target.files.remote) await target.files.mkdirp(options.output);
+    else await mkdir(options.output, { recursive: true });
     const { entries, label } = await entriesOf(options);
-    return restoreFromStream(entries, label, options, context);
+    return restoreFromStream(entries, label, options, context, target);
   }
-  return restoreFromSet(await openSetReader(options.input, kind), options, context);
+  return restoreFromSet(await openSetReader(options.input, kind), options, context, target);
 }
