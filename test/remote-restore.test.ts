@@ -8,7 +8,8 @@
  * qemu-nbd, ssh session or partial file is left, also when the restore
  * fails half-way. With --raw a raw disk is copied onto the hypervisor
  * thin (dd conv=sparse there); a zip read from stdin is restored there as
- * its entries arrive.
+ * its entries arrive; with --tls the qemu-nbd there serves TLS and our
+ * writer verifies it.
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -152,4 +153,38 @@ test('remote restore of a zip archive read from stdin: images built on the hyper
   const cmp = await compareImages(vda.path, join(out, 'vda.qcow2'));
   t.true(cmp.identical, cmp.message);
   t.deepEqual(await processesMentioning(out), [], 'no qemu-nbd left');
+});
+
+test('remote restore --tls: qemu-nbd on the hypervisor serves with TLS, our writer verifies it, the image equals the source', async (t) => {
+  const certs = process.env.VIRTNBD_TEST_TLS_DIR ?? '/etc/pki/virtnbd-test/backup';
+  const host = await TestHost.create(t);
+  const sshd = await startSshd(t);
+  const vda = await host.createImage('vda.qcow2', { format: 'qcow2', size: '32M', writes: [{ pattern: 0x5e, offset: 3 * MiB, length: 2 * MiB }] });
+  const vm = await host.defineVm({ disks: [{ image: vda }] });
+  await vm.start();
+  const paths: JobPaths = { socket: host.path('backup.sock'), scratchDir: host.path('scratch') };
+  const set = host.path('set');
+  const full = await runBackup(host, jobArgs(paths, '-d', vm.name, '-l', 'full', '-o', set));
+  t.is(full.exitCode, 0, full.stderr);
+  await vm.destroy();
+
+  const out = host.path('out');
+  const args = ['-n', '-L', host.path('restore.log'), '-U', sshd.uri(), '-P', String(await freePort()), '--tls', '--tls-cert', certs, '-i', set, '-o', out];
+  const r = await runAsBackupHost('virtnbdrestore', args);
+  t.is(r.exitCode, 0, r.stderr);
+  t.regex(r.stderr, new RegExp(`with TLS \\(certificates in ${certs}\\)`));
+  const cmp = await compareImages(vda.path, join(out, 'vda.qcow2'));
+  t.true(cmp.identical, cmp.message);
+
+  // A certificate directory without the CA: refused before anything is written there.
+  const empty = host.path('no-certs');
+  const { mkdir } = await import('node:fs/promises');
+  await mkdir(empty);
+  const out2 = host.path('out2');
+  const bad = await runAsBackupHost('virtnbdrestore', ['-n', '-L', host.path('restore2.log'), '-U', sshd.uri(), '-P', String(await freePort()), '--tls', '--tls-cert', empty, '-i', set, '-o', out2]);
+  t.is(bad.exitCode, 1, bad.stderr);
+  t.regex(bad.stderr, /ca-cert\.pem|certificate/i);
+  t.deepEqual(await filesIn(out2), [], 'no image, no partial file on the hypervisor');
+  t.deepEqual(await processesMentioning(out2), [], 'no qemu-nbd left');
+  t.deepEqual(sshd.sessionCommands(), [], 'no ssh session left');
 });

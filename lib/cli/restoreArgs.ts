@@ -134,10 +134,7 @@ export function restoreProgramSpec(env: RestoreArgsEnvironment): ProgramSpec {
  * (TLS for the remote qemu-nbd); the command refuses them rather than
  * ignoring them.
  */
-export const RESTORE_OPTIONS_NOT_YET: ReadonlySet<string> = new Set([
-  '--tls',
-  '--tls-cert',
-]);
+export const RESTORE_OPTIONS_NOT_YET: ReadonlySet<string> = new Set([]);
 
 /** Parse virtnbdrestore's arguments. Throws ArgumentError (exit 2) for a bad command line. */
 export function parseRestoreArgs(argv: readonly string[], env: RestoreArgsEnvironment): RestoreArgs {
@@ -226,6 +223,9 @@ export function parseRestoreArgs(argv: readonly string[], env: RestoreArgsEnviro
   if (key !== undefined) options.sshPrivateKey = key;
   const nbdPort = num('nbd_port');
   if (nbdPort !== undefined) options.nbdPort = nbdPort;
+  if (flag('tls')) options.tls = true;
+  const tlsCert = str('tls_cert');
+  if (tlsCert !== undefined) options.tlsCert = tlsCert;
   const nbdIp = str('nbd_ip');
   if (nbdIp !== undefined && nbdIp !== '') options.nbdIp = nbdIp;
   return { kind: 'run', options };

@@ -164,9 +164,11 @@ export class DiskImage {
         port: remote.port,
         cache: 'unsafe',
         discard: 'unmap',
+        ...(remote.tlsCertDir !== undefined ? { tlsCertDir: remote.tlsCertDir } : {}),
       });
       try {
-        client = await NbdClient.connect({ host: remote.bind, port: remote.port }, { exportName: opts.disk });
+        const tls = remote.tlsCertDir !== undefined ? { tls: true, tlsCertificates: remote.tlsCertDir } : { tls: false };
+        client = await NbdClient.connect({ transport: 'tcp', host: remote.bind, port: remote.port, exportName: opts.disk, ...tls }, {});
       } catch (error) {
         throw new RestoreError(`Cannot connect to qemu-nbd on ${remote.ssh.description} at ${remote.bind}:${remote.port} for ${opts.path}: ${(error as Error).message}`, {
           cause: error,

@@ -46,6 +46,9 @@ export interface RestoreOptions {
   sshPrivateKey?: string;
   /** Remote restores: qemu-nbd's TCP port there (default 10809) and address (default: the host name libvirtd reports). */
   nbdPort?: number;
+  /** --tls: the remote qemu-nbd serves with TLS; certificates (server side there, CA and client here) in `tlsCert`. */
+  tls?: boolean;
+  tlsCert?: string;
   nbdIp?: string;
   /** Where `-i -` reads from (default process.stdin). */
   stdin?: Readable;

@@ -13,17 +13,17 @@ import { LocalHostFiles, type HostFiles } from '../remote/hostFiles.js';
 import { SshHostFiles } from '../remote/sshHostFiles.js';
 import { openSsh, remoteHostOf } from '../remote/remoteHost.js';
 import type { SshHost } from '../remote/ssh.js';
+import { DEFAULT_NBD_PORT, DEFAULT_TLS_CERT_DIR } from '../backup/nbdEndpoint.js';
 import { RestoreError } from './errors.js';
 import type { RestoreOptions } from './options.js';
-
-/** qemu-nbd's default port, and virtnbdrestore's -P default. */
-export const DEFAULT_NBD_PORT = 10809;
 
 /** The hypervisor's qemu-nbd: started by ssh, listening on `bind`:`port`. */
 export interface RemoteImageServer {
   ssh: SshHost;
   bind: string;
   port: number;
+  /** qemu-nbd there serves TLS with the certificates of this directory (there); we verify with its CA (here). */
+  tlsCertDir?: string;
 }
 
 export interface RestoreTarget {
@@ -65,7 +65,10 @@ export async function openRestoreTarget(options: RestoreOptions, logger: Logger)
   } catch (error) {
     throw new RestoreError((error as Error).message, { cause: error });
   }
-  const server = { ssh, bind: options.nbdIp ?? daemonHost, port: options.nbdPort ?? DEFAULT_NBD_PORT };
-  logger.info(`Restoring to remote host ${remote} (${ssh.description} by ssh): images in ${options.output} there, written through qemu-nbd on ${server.bind}:${server.port}`);
+  const server: RemoteImageServer = { ssh, bind: options.nbdIp ?? daemonHost, port: options.nbdPort ?? DEFAULT_NBD_PORT };
+  if (options.tls) server.tlsCertDir = (options.tlsCert ?? DEFAULT_TLS_CERT_DIR).replace(/(.)\/+$/, '$1');
+  logger.info(
+    `Restoring to remote host ${remote} (${ssh.description} by ssh): images in ${options.output} there, written through qemu-nbd on ${server.bind}:${server.port}${server.tlsCertDir ? ` with TLS (certificates in ${server.tlsCertDir})` : ''}`,
+  );
   return { files: new SshHostFiles(ssh), server };
 }
