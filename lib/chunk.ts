@@ -11,6 +11,13 @@
  * several requests; each piece then carries `frame`, the span of the one
  * sparse-stream data frame they all belong to, so the framer writes one
  * frame header and the parser can say which frame a piece came from.
+ *
+ * An LZ4 frame may also travel in parts (Lz4Compress with `parts`), so no
+ * stage ever holds a whole 32 MiB frame: each part is a chunk with the
+ * same offset, length and frame (those of the whole unit the LZ4 frame
+ * holds), `lz4` holding the next bytes of the LZ4 frame, and `lz4More`
+ * set on every part but the last. The LZ4 frame is the concatenation of
+ * the parts' `lz4`, in order.
  */
 export interface FrameSpan {
   offset: number;
@@ -28,6 +35,8 @@ export interface Chunk {
   data?: Buffer;
   /** One LZ4 frame holding this chunk's bytes (compressed streams). */
   lz4?: Buffer;
+  /** `lz4` is a part of an LZ4 frame that continues in the next chunk (absent on a frame's last part). */
+  lz4More?: true;
   /** The data frame this piece belongs to, when the frame spans several pieces. */
   frame?: FrameSpan;
 }

@@ -14,6 +14,10 @@
  * is frame 0, each zero chunk or new data frame the next), its disk offset
  * and the byte of the LZ4 frame where it went wrong. Up to `depth`
  * (default 2) decompressions run at once; output keeps input order.
+ * An LZ4 frame in parts (`lz4More`, as Lz4Compress with `parts` emits
+ * them; SparseParser never does) is gathered whole first, so it costs one
+ * frame's memory more; parts that do not continue their frame's offset and
+ * length are an Lz4DataError.
  * Buffers: at most `depth` chunks in flight (input and output), plus
  * `highWaterMark` (default 1) on each side, and the workers' input slots;
  * recycle() takes decoded buffers back once written, for reuse.
@@ -42,13 +46,15 @@ interface OpenFrame {
   filled: number;
 }
 
-export class Lz4Decompress extends OrderedJobTransform<Chunk, Piece> {
+export class Lz4Decompress extends OrderedJobTransform<Chunk, Piece | null> {
   /** Frame counting in input order: the meta frame, which never reaches us, is 0. */
   private frameCount = 0;
   private lastSpan: FrameSpan | undefined;
   /** The data frame whose pieces are being delivered. */
   private open: OpenFrame | undefined;
   private readonly pool: Lz4WorkerPool;
+  /** The parts so far of an LZ4 frame arriving in parts, and the chunk they belong to. */
+  private parts: { chunk: Chunk; lz4: Buffer[] } | undefined;
 
   constructor(options: Lz4DecompressOptions = {}) {
     // Two frames in flight keep a worker busy (one decoding, one queued); each holds up to 32 MiB of output.
@@ -65,7 +71,9 @@ export class Lz4Decompress extends OrderedJobTransform<Chunk, Piece> {
     this.pool.recycle(data);
   }
 
-  protected override start(chunk: Chunk): Promise<Piece> | Piece {
+  protected override start(input: Chunk): Promise<Piece> | Piece | null {
+    const chunk = this.gather(input);
+    if (chunk === undefined) return null;
     const frame = chunk.frame ?? { offset: chunk.offset, length: chunk.length };
     if (chunk.zero || !chunk.frame || this.lastSpan === undefined || frame.offset !== this.lastSpan.offset) {
       this.frameCount += 1;
@@ -81,7 +89,42 @@ export class Lz4Decompress extends OrderedJobTransform<Chunk, Piece> {
     );
   }
 
-  protected override deliver(piece: Piece): void {
+  protected override isEmpty(result: Piece | null): boolean {
+    return result === null;
+  }
+
+  /** The frame index start() will give `chunk` (a data chunk), without counting it. */
+  private indexOf(chunk: Chunk): number {
+    const continues = chunk.frame !== undefined && this.lastSpan !== undefined && chunk.frame.offset === this.lastSpan.offset;
+    return continues ? this.frameCount : this.frameCount + 1;
+  }
+
+  /** The chunk to decode, once the last part of an LZ4 frame in parts is in (undefined before). */
+  private gather(chunk: Chunk): Chunk | undefined {
+    const parts = this.parts;
+    if (parts) {
+      const first = parts.chunk;
+      if (chunk.lz4 === undefined || chunk.offset !== first.offset || chunk.length !== first.length) {
+        throw new Lz4DataError(
+          this.indexOf(first),
+          first.frame?.offset ?? first.offset,
+          `the LZ4 frame of the piece at ${first.offset} (length ${first.length}) came in parts, but the chunk at ${chunk.offset} (length ${chunk.length}) does not continue it`,
+        );
+      }
+      parts.lz4.push(chunk.lz4);
+      if (chunk.lz4More) return undefined;
+      this.parts = undefined;
+      const { lz4More: _more, ...rest } = chunk;
+      return { ...rest, lz4: Buffer.concat(parts.lz4) };
+    }
+    if (chunk.lz4 === undefined || !chunk.lz4More) return chunk;
+    this.parts = { chunk, lz4: [chunk.lz4] };
+    return undefined;
+  }
+
+  protected override deliver(result: Piece | null): void {
+    if (result === null) return;
+    const piece = result;
     const { chunk, data, frame, frameIndex } = piece;
     if (chunk.zero || data === undefined) {
       this.closeFrame();
@@ -109,6 +152,15 @@ export class Lz4Decompress extends OrderedJobTransform<Chunk, Piece> {
   }
 
   protected override finish(): void {
+    const parts = this.parts;
+    if (parts) {
+      this.parts = undefined;
+      throw new Lz4DataError(
+        this.indexOf(parts.chunk),
+        parts.chunk.frame?.offset ?? parts.chunk.offset,
+        `input ended inside the LZ4 frame of the piece at ${parts.chunk.offset}, which came in parts`,
+      );
+    }
     this.closeFrame();
   }
 

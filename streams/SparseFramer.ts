@@ -8,7 +8,9 @@
  * and at the end the stop frame and, for compressed metadata, the compression
  * trailer. Payloads are `chunk.lz4` when the metadata says compressed, else
  * `chunk.data`; they are pushed as they are, never copied, with headers as
- * separate small buffers. It buffers nothing but the trailer's sizes (a few
+ * separate small buffers. An LZ4 frame arriving in parts (`lz4More`, see
+ * lib/chunk.ts) is written part by part, and its size for the trailer is
+ * the sum of its parts. It buffers nothing but the trailer's sizes (a few
  * numbers per data frame). Chunks out of order, overlapping, past the
  * virtual size, with the wrong payload or incomplete frames fail the stream
  * with FramerInputError, as does a data total that differs from
@@ -41,6 +43,8 @@ interface OpenFrame {
   /** Disk offset the next piece must start at. */
   next: number;
   pieceSizes: number[];
+  /** The piece whose LZ4 frame is arriving in parts: its compressed bytes so far. */
+  partial: { offset: number; length: number; size: number } | undefined;
 }
 
 export class SparseFramer extends Transform {
@@ -155,6 +159,21 @@ export class SparseFramer extends Transform {
     const payload = this.payloadOf(chunk);
     const span = chunk.frame ?? { offset: chunk.offset, length: chunk.length };
     let open = this.open;
+    const partial = open?.partial;
+    if (open && partial) {
+      if (chunk.offset !== partial.offset || chunk.length !== partial.length || span.offset !== open.span.offset || span.length !== open.span.length) {
+        throw new FramerInputError(
+          `expected the next part of the LZ4 frame of the piece at ${partial.offset} (length ${partial.length})`,
+          chunk.offset,
+        );
+      }
+      this.push(payload);
+      partial.size += payload.length;
+      if (chunk.lz4More) return;
+      open.partial = undefined;
+      this.endPiece(open, chunk.length, partial.size);
+      return;
+    }
     if (open) {
       if (span.offset !== open.span.offset || span.length !== open.span.length || chunk.offset !== open.next) {
         throw new FramerInputError(
@@ -167,7 +186,7 @@ export class SparseFramer extends Transform {
         throw new FramerInputError(`first piece of the data frame at ${span.offset} starts elsewhere`, chunk.offset);
       }
       this.claim(span.offset, span.length);
-      open = { span: { offset: span.offset, length: span.length }, next: span.offset, pieceSizes: [] };
+      open = { span: { offset: span.offset, length: span.length }, next: span.offset, pieceSizes: [], partial: undefined };
       this.open = open;
       this.push(encodeFrameHeader('data', span.offset, span.length));
     }
@@ -176,10 +195,19 @@ export class SparseFramer extends Transform {
       throw new FramerInputError(`piece of length ${chunk.length} does not fit its frame ending at ${frameEnd}`, chunk.offset);
     }
     this.push(payload);
-    open.pieceSizes.push(payload.length);
-    open.next += chunk.length;
-    this.dataBytes += chunk.length;
-    if (open.next === frameEnd) this.closeFrame(open);
+    if (this.compressed && chunk.lz4More) {
+      open.partial = { offset: chunk.offset, length: chunk.length, size: payload.length };
+      return;
+    }
+    this.endPiece(open, chunk.length, payload.length);
+  }
+
+  /** A piece of `length` bytes, `size` bytes as written, is complete. */
+  private endPiece(open: OpenFrame, length: number, size: number): void {
+    open.pieceSizes.push(size);
+    open.next += length;
+    this.dataBytes += length;
+    if (open.next === open.span.offset + open.span.length) this.closeFrame(open);
   }
 
   private closeFrame(open: OpenFrame): void {

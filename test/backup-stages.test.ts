@@ -17,8 +17,10 @@ import { pipeline } from 'node:stream/promises';
 import test from 'ava';
 import { decompressFrameSync } from 'lz4-napi';
 import type { Chunk } from '../lib/chunk.js';
-import { FramerInputError } from '../lib/format/errors.js';
+import { FramerInputError, Lz4DataError } from '../lib/format/errors.js';
 import { createMetadata } from '../lib/format/metadata.js';
+import { lz4PartBound } from '../lib/lz4/frameEncoder.js';
+import { Lz4WorkerPool } from '../lib/lz4/pool.js';
 import { Lz4Compress } from '../streams/Lz4Compress.js';
 import { Lz4Decompress } from '../streams/Lz4Decompress.js';
 import { ProgressTap } from '../streams/ProgressTap.js';
@@ -116,6 +118,142 @@ test('Lz4Compress with unitSize: pieces out of place and input ending inside a f
   await t.throwsAsync(collect<Chunk>([first!, third!], new Lz4Compress({ unitSize: 32 * KiB })), { instanceOf: FramerInputError, message: /expected the piece at 16384/ });
   await t.throwsAsync(collect<Chunk>([first!], new Lz4Compress({ unitSize: 32 * KiB })), { instanceOf: FramerInputError, message: /input ended inside the data frame/ });
   t.throws(() => new Lz4Compress({ unitSize: 0 }), { instanceOf: RangeError });
+});
+
+const MiB = 1024 * KiB;
+
+/** Bytes that compress somewhat: random 64 KiB blocks between runs of text. */
+function mixedBytes(length: number): Buffer {
+  const out = Buffer.alloc(length);
+  for (let at = 0; at < length; at += 128 * KiB) {
+    randomBytes(64 * KiB).copy(out, at);
+    const text = Buffer.from(`block ${at} of a test disk; `.repeat(4096));
+    text.copy(out, at + 64 * KiB, 0, Math.min(64 * KiB, Math.max(0, length - at - 64 * KiB)));
+  }
+  return out;
+}
+
+/** Parts back into whole LZ4 frames: [unit chunk, frame] in order; every part but a frame's last has lz4More. */
+function joinParts(parts: Chunk[]): Array<[Chunk, Buffer]> {
+  const out: Array<[Chunk, Buffer]> = [];
+  let pending: Buffer[] = [];
+  for (const c of parts) {
+    if (c.zero) {
+      out.push([c, Buffer.alloc(0)]);
+      continue;
+    }
+    pending.push(c.lz4!);
+    if (c.lz4More) continue;
+    out.push([c, Buffer.concat(pending)]);
+    pending = [];
+  }
+  return out;
+}
+
+test('Lz4Compress with parts: LZ4 frames stream out in slot-sized parts, framed to exactly the bytes of whole frames', async (t) => {
+  const pool = new Lz4WorkerPool({ workers: 2 });
+  t.teardown(() => pool.close());
+  const unit = 10 * MiB;
+  const big = mixedBytes(2 * unit + 3 * MiB + 5); // units of 10, 10 and 3 MiB (+5 bytes)
+  const small = mixedBytes(40 * KiB);
+  const input = (): Chunk[] => [
+    ...pieces(0, big, 512 * KiB),
+    { offset: 24 * MiB, length: MiB, zero: true },
+    ...pieces(26 * MiB, small, 16 * KiB),
+  ];
+  const parts = await collect<Chunk>(input(), new Lz4Compress({ unitSize: unit, parts: true, depth: 1, pool }));
+  const whole = await collect<Chunk>(input(), new Lz4Compress({ unitSize: unit, depth: 1, pool }));
+
+  const maxPart = lz4PartBound(4 * MiB, true, true);
+  t.true(parts.every((c) => c.zero || c.lz4!.length <= maxPart), 'no part holds more than one slot of content');
+  t.true(parts.every((c) => c.data === undefined));
+  t.is(parts.filter((c) => c.lz4More).length, 2 + 2, 'a 10 MiB unit comes in 3 parts (2 with more to come), a 3 MiB one in 1');
+  const joined = joinParts(parts);
+  t.deepEqual(
+    joined.map(([c]) => [c.offset, c.length, c.zero === true, c.frame?.length]),
+    whole.map((c) => [c.offset, c.length, c.zero === true, c.frame?.length]),
+  );
+  const expected = [big.subarray(0, unit), big.subarray(unit, 2 * unit), big.subarray(2 * unit), undefined, small];
+  joined.forEach(([c, lz4], i) => {
+    if (c.zero) return;
+    t.true(lz4.equals(whole[i]!.lz4!), `unit ${i}: the parts make the same LZ4 frame as the whole one`);
+    t.true(decompressFrameSync(lz4).equals(expected[i]!), `unit ${i} decompresses to its bytes`);
+  });
+
+  const metadata = createMetadata({
+    virtualSize: 32 * MiB,
+    dataSize: big.length + small.length,
+    diskName: 'vda',
+    diskFormat: 'qcow2',
+    checkpointName: 'virtnbdbackup.0',
+    compressed: 2,
+  });
+  const framed = async (chunks: Chunk[]): Promise<{ bytes: Buffer; trailer: unknown }> => {
+    const framer = new SparseFramer({ metadata, maxRequestSize: unit });
+    const bytes = Buffer.concat(await collect<Buffer>(Readable.from(chunks, { objectMode: true }), framer));
+    return { bytes, trailer: framer.trailer };
+  };
+  const fromParts = await framed(parts);
+  const fromWhole = await framed(whole);
+  t.deepEqual(fromParts.trailer, fromWhole.trailer, 'trailer sizes count each LZ4 frame over its parts');
+  t.true(fromParts.bytes.equals(fromWhole.bytes), 'the stream is byte for byte the one whole frames make');
+
+  // Lz4Decompress takes the parts straight from Lz4Compress too, and the framed stream reads back.
+  const direct = await collect<Chunk>(parts, new Lz4Decompress({ pool }));
+  t.true(Buffer.concat(direct.filter((c) => !c.zero).map((c) => c.data!)).equals(Buffer.concat([big, small])));
+  const back = await collect<Chunk>(Readable.from([fromParts.bytes]), new SparseParser(), new Lz4Decompress({ pool }));
+  t.true(Buffer.concat(back.filter((c) => !c.zero).map((c) => c.data!)).equals(Buffer.concat([big, small])));
+});
+
+test('Lz4Compress with parts holds input back while its output is not read: a slow reader never has a whole frame queued', async (t) => {
+  const pool = new Lz4WorkerPool({ workers: 1 });
+  t.teardown(() => pool.close());
+  const unit = 32 * MiB;
+  const data = mixedBytes(unit);
+  const compressor = new Lz4Compress({ unitSize: unit, parts: true, depth: 1, pool });
+  let most = 0;
+  let seen = 0;
+  const slow = new Writable({
+    objectMode: true,
+    highWaterMark: 1,
+    write(_chunk: Chunk, _e, done) {
+      seen += 1;
+      // Stall until the compressor has made all it will without being read (its queue stops growing).
+      let last = -1;
+      const watch = (): void => {
+        most = Math.max(most, compressor.readableLength);
+        if (compressor.readableLength === last) done();
+        else setTimeout(watch, 300);
+        last = compressor.readableLength;
+      };
+      watch();
+    },
+  });
+  // One read of the whole unit, as a reader with 32 MiB requests makes: all of it is input at once.
+  await pipeline([Readable.from([{ offset: 0, length: unit, data }], { objectMode: true }), compressor, slow]);
+  t.is(seen, 8, 'a 32 MiB unit comes in 8 parts');
+  // One part on the readable side, plus at most the worker's two slots' parts made meanwhile.
+  t.true(most <= 3, `parts queued at most: ${most}`);
+});
+
+test('frames in parts: SparseFramer and Lz4Decompress reject a part that does not continue its LZ4 frame', async (t) => {
+  const pool = new Lz4WorkerPool({ workers: 1 });
+  t.teardown(() => pool.close());
+  const data = mixedBytes(9 * MiB);
+  const parts = await collect<Chunk>(pieces(0, data, MiB), new Lz4Compress({ unitSize: 16 * MiB, parts: true, pool }));
+  t.is(parts.length, 3);
+  const stray: Chunk = { offset: 9 * MiB, length: 4096, lz4: parts[2]!.lz4! };
+  const metadata = createMetadata({ virtualSize: 16 * MiB, dataSize: data.length + 4096, diskName: 'vda', diskFormat: 'qcow2', checkpointName: 'virtnbdbackup.0', compressed: 2 });
+  await t.throwsAsync(collect<Buffer>(Readable.from([parts[0]!, stray], { objectMode: true }), new SparseFramer({ metadata, maxRequestSize: 16 * MiB })), {
+    instanceOf: FramerInputError,
+    message: /expected the next part of the LZ4 frame of the piece at 0/,
+  });
+  await t.throwsAsync(collect<Buffer>(Readable.from(parts.slice(0, 2), { objectMode: true }), new SparseFramer({ metadata, maxRequestSize: 16 * MiB })), {
+    instanceOf: FramerInputError,
+    message: /input ended inside the data frame at 0/,
+  });
+  await t.throwsAsync(collect<Chunk>([parts[0]!, stray], new Lz4Decompress({ pool })), { instanceOf: Lz4DataError, message: /came in parts, but the chunk at 9437184/ });
+  await t.throwsAsync(collect<Chunk>(parts.slice(0, 2), new Lz4Decompress({ pool })), { instanceOf: Lz4DataError, message: /input ended inside the LZ4 frame/ });
 });
 
 test('ZeroAsData turns zero chunks into data pieces of zeros with their frame, without copying per piece', async (t) => {

@@ -56,3 +56,39 @@ test('remote online full and inc of a running VM: NBD over TCP, files over ssh, 
   const cmp = await compareImages(snapshot, join(restored, 'vda.qcow2'));
   t.true(cmp.identical, cmp.message);
 });
+
+test('two remote backups of two VMs at once, on distinct --nbd-port: both sets restore to their disks', async (t) => {
+  const host = await TestHost.create(t);
+  const sshd = await startSshd(t);
+  const vms = await Promise.all(
+    [0x41, 0x42].map(async (pattern, i) => {
+      const image = await host.createImage(`vm${i}.qcow2`, { format: 'qcow2', size: '64M', writes: [{ pattern, offset: i * 8 * MiB, length: 3 * MiB }] });
+      const vm = await host.defineVm({ disks: [{ image }] });
+      await vm.start();
+      return vm;
+    }),
+  );
+  const ports = [await freePort(), await freePort()];
+  const runs = await Promise.all(
+    vms.map((vm, i) =>
+      runAsBackupHost(
+        'virtnbdbackup',
+        jobArgs({ socket: host.path(`b${i}.sock`), scratchDir: host.path(`scratch${i}`) }, '-U', sshd.uri(), '-P', String(ports[i]), '-d', vm.name, '-l', 'full', '-o', host.path(`set${i}`)),
+      ),
+    ),
+  );
+  for (const [i, r] of runs.entries()) {
+    t.is(r.exitCode, 0, r.stderr);
+    t.regex(r.stderr, new RegExp(`NBD server on TCP \\S*:${ports[i]}`));
+  }
+  for (const [i, vm] of vms.entries()) {
+    const snapshot = host.path(`snapshot${i}.qcow2`);
+    await snapshotDisk(vm, 'vda', snapshot);
+    const restored = host.path(`restored${i}`);
+    const r = await ourRestore(host.dir, ['-i', host.path(`set${i}`), '-o', restored]);
+    t.is(r.exitCode, 0, r.stderr);
+    const cmp = await compareImages(snapshot, join(restored, `vm${i}.qcow2`));
+    t.true(cmp.identical, `VM ${i}: ${cmp.message}`);
+  }
+  t.deepEqual(sshd.sessionCommands().filter((c) => !c.includes('virt-ssh-helper')), [], 'no ssh session of ours left');
+});

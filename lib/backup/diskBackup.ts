@@ -176,7 +176,7 @@ export async function backupDisk(spec: DiskBackupSpec): Promise<DiskBackupResult
       // Written buffers go back to where they came from: read buffers to the reader, LZ4 frames to the compressor.
       let written = release;
       if (spec.compress !== false) {
-        const compressor = new Lz4Compress({ unitSize: client.maxRequestSize, depth: COMPRESS_DEPTH, release });
+        const compressor = new Lz4Compress({ unitSize: client.maxRequestSize, depth: COMPRESS_DEPTH, parts: true, release });
         written = (frame) => compressor.recycle(frame);
         stages.push(compressor);
       }

@@ -4,8 +4,16 @@
  * input slots (and hashed here, for the content checksum, beside the
  * worker's work), a full slot is posted, and a write waits when no slot is
  * free. end() gives the frame once the worker has finished it.
+ *
+ * In parts mode (`parts` given, by Lz4WorkerPool.compressParts) the frame
+ * is not built whole: each posted slot becomes one part (the header with
+ * the first, the end mark and content checksum with the last), written
+ * into a buffer of its own and handed to `parts.onPart` in order; end()
+ * then resolves (to an empty buffer) after the last part. So a frame
+ * streams out in slot-sized pieces.
  */
 import { Xxh32 } from '../format/xxh32.js';
+import { lz4PartBound, type Lz4BlockSize } from './frameEncoder.js';
 import type { OutputBuffers } from './outputBuffers.js';
 import { Lz4WorkerError, type PoolWorker } from './poolWorker.js';
 import type { ToWorker } from './protocol.js';
@@ -19,6 +27,9 @@ export class Lz4CompressJob {
   private pending: Promise<void> | undefined;
   private readonly result: Promise<Buffer>;
   private finished = false;
+  /** Parts mode: the buffers sent with data messages whose parts have not come back, in order. */
+  private readonly partOutputs: Array<SharedArrayBuffer | undefined> = [];
+  private posted = 0;
 
   constructor(
     private readonly worker: PoolWorker,
@@ -26,12 +37,28 @@ export class Lz4CompressJob {
     readonly contentSize: number,
     private readonly slotCapacity: number,
     output: SharedArrayBuffer | undefined,
-    outputs: OutputBuffers,
+    private readonly outputs: OutputBuffers,
+    private readonly parts?: { blockSize: Lz4BlockSize; onPart: (part: Buffer, last: boolean) => void },
   ) {
-    this.result = worker.track(id, output);
-    // A failed job's buffer was never handed out: it can be reused.
-    this.result.catch(() => outputs.drop(output));
-    worker.post(output ? { op: 'compress', id, contentSize, output } : { op: 'compress', id, contentSize });
+    if (parts) {
+      this.result = worker
+        .trackParts(id, (buffer, length) => {
+          const sent = this.partOutputs.shift();
+          const last = this.partOutputs.length === 0 && this.finished;
+          parts.onPart(Buffer.from(buffer ?? sent!, 0, length), last);
+        })
+        .then(() => Buffer.alloc(0));
+      // Buffers of parts that never came back were never handed out: they can be reused.
+      this.result.catch(() => {
+        for (const sent of this.partOutputs.splice(0)) outputs.drop(sent);
+      });
+      worker.post({ op: 'compress', id, contentSize, parts: true });
+    } else {
+      this.result = worker.track(id, output);
+      // A failed job's buffer was never handed out: it can be reused.
+      this.result.catch(() => outputs.drop(output));
+      worker.post(output ? { op: 'compress', id, contentSize, output } : { op: 'compress', id, contentSize });
+    }
     if (contentSize === 0) this.post(true);
   }
 
@@ -47,7 +74,7 @@ export class Lz4CompressJob {
     return waiting ? this.queue(waiting) : undefined;
   }
 
-  /** The finished frame (after all content was written). */
+  /** The finished frame (after all content was written); in parts mode an empty buffer, once the last part was given. */
   end(): Promise<Buffer> {
     return this.result;
   }
@@ -109,6 +136,12 @@ export class Lz4CompressJob {
       message.contentChecksum = this.hash.digest();
       this.finished = true;
     }
+    if (this.parts) {
+      const output = this.outputs.take(lz4PartBound(message.length, this.posted === 0, last, this.parts.blockSize));
+      if (output) message.output = output;
+      this.partOutputs.push(output);
+    }
+    this.posted += 1;
     this.worker.post(message);
     this.slot = -1;
     this.fill = 0;

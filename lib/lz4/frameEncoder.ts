@@ -6,7 +6,10 @@
  * most `blockSize` bytes; a block that would not shrink is stored
  * uncompressed (high bit of its size word). The frame is written into a
  * buffer the caller provides, of at least lz4FrameBound() bytes, as content
- * arrives: begin(), write() any number of times, end().
+ * arrives: begin(), write() any number of times, end(). Or in parts, each
+ * in a buffer of its own (so a frame streams out without ever being whole
+ * in memory): begin() with `wholeFrame` false, write(), cut() to close a
+ * part and resume() into the next buffer, ..., end() in the last one.
  */
 import { Xxh32, xxh32 } from '../format/xxh32.js';
 import { LZ4_FRAME_MAGIC } from '../format/lz4Frame.js';
@@ -47,6 +50,15 @@ export function lz4FrameBound(contentSize: number, blockSize: Lz4BlockSize = DEF
   return HEADER_LENGTH + blocks * 8 + contentSize + 8;
 }
 
+/**
+ * The largest part of a frame (see Lz4FrameEncoder.resume) `contentBytes`
+ * of content can become: the header if `first`, its blocks, the end mark
+ * and content checksum if `last`.
+ */
+export function lz4PartBound(contentBytes: number, first: boolean, last: boolean, blockSize: Lz4BlockSize = DEFAULT_BLOCK_SIZE): number {
+  return (first ? HEADER_LENGTH : 0) + Math.ceil(contentBytes / blockSize) * 8 + contentBytes + (last ? 8 : 0);
+}
+
 export class Lz4FrameEncoder {
   readonly blockSize: Lz4BlockSize;
   private readonly encoder: Lz4BlockEncoder;
@@ -70,9 +82,10 @@ export class Lz4FrameEncoder {
    * lz4FrameBound(contentSize) long). With `hashContent` false the caller
    * computes the content checksum and hands it to end().
    */
-  begin(dst: Uint8Array, contentSize: number, hashContent = true): void {
+  begin(dst: Uint8Array, contentSize: number, hashContent = true, wholeFrame = true): void {
     if (!Number.isSafeInteger(contentSize) || contentSize < 0) throw new RangeError(`bad LZ4 content size ${contentSize}`);
-    if (dst.length < lz4FrameBound(contentSize, this.blockSize)) throw new RangeError('LZ4 frame buffer is too small');
+    const need = wholeFrame ? lz4FrameBound(contentSize, this.blockSize) : HEADER_LENGTH;
+    if (dst.length < need) throw new RangeError('LZ4 frame buffer is too small');
     this.dst = dst;
     this.contentSize = contentSize;
     this.written = 0;
@@ -100,6 +113,8 @@ export class Lz4FrameEncoder {
     if (this.written + length < this.contentSize && length % this.blockSize !== 0) {
       throw new RangeError(`LZ4 frame writes must be whole ${this.blockSize}-byte blocks until the last`);
     }
+    // Typed arrays drop writes past their end silently: a short part buffer must fail loudly instead.
+    if (this.at + lz4PartBound(length, false, false, this.blockSize) > this.dst.length) throw new RangeError('LZ4 frame buffer is too small');
     if (this.hashing) this.hash.update(src, from, to);
     const dst = this.dst;
     for (let start = from; start < to; start += this.blockSize) {
@@ -127,6 +142,7 @@ export class Lz4FrameEncoder {
     if (this.written !== this.contentSize) throw new RangeError(`LZ4 frame got ${this.written} of its ${this.contentSize} bytes`);
     const checksum = contentChecksum ?? (this.hashing ? this.hash.digest() : undefined);
     if (checksum === undefined) throw new Error('LZ4 content checksum missing');
+    if (this.at + 8 > this.dst.length) throw new RangeError('LZ4 frame buffer is too small');
     writeU32(this.dst, this.at, 0);
     writeU32(this.dst, this.at + 4, checksum);
     this.at += 8;
@@ -134,6 +150,22 @@ export class Lz4FrameEncoder {
     const length = this.at;
     this.dst = new Uint8Array(0);
     return length;
+  }
+
+  /** Close the current part of an unfinished frame: returns its length in its buffer. Continue with resume(). */
+  cut(): number {
+    if (!this.open) throw new Error('LZ4 frame not begun');
+    const length = this.at;
+    this.dst = new Uint8Array(0);
+    this.at = 0;
+    return length;
+  }
+
+  /** Write the frame's next part, from its start, into `dst` (after cut()). */
+  resume(dst: Uint8Array): void {
+    if (!this.open) throw new Error('LZ4 frame not begun');
+    if (this.at !== 0) throw new Error('LZ4 frame part not cut before resume');
+    this.dst = dst;
   }
 }
 

@@ -85,6 +85,20 @@ export class Lz4WorkerPool {
   }
 
   /**
+   * Start compressing one frame of `contentSize` bytes in parts: `onPart`
+   * gets each part in order as the worker finishes it (one per input slot,
+   * 4 MiB of content; `last` on the one that ends the frame), each in a
+   * buffer of its own that recycle() takes back once written. So no whole
+   * frame is ever in memory. The job's end() resolves after the last part.
+   */
+  compressParts(contentSize: number, onPart: (part: Buffer, last: boolean) => void): Lz4CompressJob {
+    if (!Number.isSafeInteger(contentSize) || contentSize < 0) throw new RangeError(`bad LZ4 content size ${contentSize}`);
+    const worker = this.pick();
+    const slotCapacity = SLOT_SIZE - (SLOT_SIZE % this.blockSize);
+    return new Lz4CompressJob(worker, this.nextId++, contentSize, slotCapacity, undefined, this.outputs, { blockSize: this.blockSize, onPart });
+  }
+
+  /**
    * Hand back a frame compress() or decompressFrame() produced once it is
    * written and no longer needed (FileSink's onWritten), so a later job
    * reuses its memory. Other buffers are ignored. Never recycle a buffer

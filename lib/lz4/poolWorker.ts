@@ -39,6 +39,8 @@ interface PendingJob {
   reject(err: Error): void;
   /** The recycled buffer the worker writes into, if any. */
   output: SharedArrayBuffer | undefined;
+  /** Compression in parts: each part's bytes (its own buffer, or undefined when written into the one the job sent). */
+  part?: (buffer: ArrayBuffer | undefined, length: number) => void;
 }
 
 /** One worker thread, its slots and its jobs, as the main thread sees them. */
@@ -81,6 +83,16 @@ export class PoolWorker {
     return new Promise((resolve, reject) => this.jobs.set(id, { resolve, reject, output }));
   }
 
+  /**
+   * Register job `id` compressed in parts: `part` is given each part as the
+   * worker sends it, in order; the promise settles after the last one.
+   */
+  trackParts(id: number, part: (buffer: ArrayBuffer | undefined, length: number) => void): Promise<void> {
+    if (this.dead) return Promise.reject(this.dead);
+    if (this.jobs.size === 0) this.busy();
+    return new Promise((resolve, reject) => this.jobs.set(id, { resolve: () => resolve(), reject, output: undefined, part }));
+  }
+
   /** Forget job `id` (the worker is told to drop it too). */
   drop(id: number): void {
     if (!this.jobs.delete(id)) return;
@@ -114,6 +126,13 @@ export class PoolWorker {
     }
     const job = this.jobs.get(message.id);
     if (!job) return;
+    if (message.op === 'part') {
+      if (message.last) this.jobs.delete(message.id);
+      if (message.last && this.jobs.size === 0) this.idle();
+      job.part?.(message.buffer, message.length);
+      if (message.last) job.resolve(Buffer.alloc(0));
+      return;
+    }
     this.jobs.delete(message.id);
     if (this.jobs.size === 0) this.idle();
     if (message.op === 'done') job.resolve(Buffer.from(message.buffer ?? job.output!, 0, message.length));

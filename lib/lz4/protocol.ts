@@ -18,17 +18,22 @@ export interface WorkerSetup {
 }
 
 export type ToWorker =
-  /** Start compressing a frame of contentSize bytes, into `output` when given (a recycled buffer), else a new one. */
-  | { op: 'compress'; id: number; contentSize: number; output?: SharedArrayBuffer }
+  /**
+   * Start compressing a frame of contentSize bytes, into `output` when given
+   * (a recycled buffer), else a new one. With `parts`, the frame is written
+   * in parts instead, one per data message, each into that message's
+   * `output` (or a new buffer), and each answered by a 'part'.
+   */
+  | { op: 'compress'; id: number; contentSize: number; output?: SharedArrayBuffer; parts?: boolean }
   /** Start decoding a frame into `capacity` bytes at most, into `output` when given (a recycled buffer). */
   | { op: 'decompress'; id: number; descriptor: Lz4FrameDescriptor; capacity: number; output?: SharedArrayBuffer }
   /**
    * Bytes for job `id` in `slot` (slot -1: none). Compression: content
    * (whole blocks but for the last), with `contentChecksum` when `last`.
    * Decompression: whole block records starting at byte `frameOffset` of
-   * the frame.
+   * the frame. `output`: where the part this message makes goes (compression in parts).
    */
-  | { op: 'data'; id: number; slot: number; length: number; frameOffset: number; last: boolean; contentChecksum?: number }
+  | { op: 'data'; id: number; slot: number; length: number; frameOffset: number; last: boolean; contentChecksum?: number; output?: SharedArrayBuffer }
   /** Forget job `id` (its stream gave up). */
   | { op: 'drop'; id: number };
 
@@ -43,4 +48,6 @@ export type FromWorker =
   | { op: 'slot'; slot: number }
   /** Finished: `buffer` is the output (transferred), absent when it was written into the job's `output`. */
   | { op: 'done'; id: number; buffer?: ArrayBuffer; length: number }
+  /** The next part of a frame compressed in parts, as 'done' gives a whole one; `last` ends the job. */
+  | { op: 'part'; id: number; buffer?: ArrayBuffer; length: number; last: boolean }
   | { op: 'failed'; id: number; error: WorkerFailure };

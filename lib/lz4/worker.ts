@@ -8,7 +8,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { Lz4BlockEncoder } from './blockEncoder.js';
 import { Lz4ChecksumError, Lz4DecodeError } from './errors.js';
 import { Lz4FrameDecoder } from './frameDecoder.js';
-import { isLz4BlockSize, lz4FrameBound, Lz4FrameEncoder, type Lz4BlockSize } from './frameEncoder.js';
+import { isLz4BlockSize, lz4FrameBound, lz4PartBound, Lz4FrameEncoder, type Lz4BlockSize } from './frameEncoder.js';
 import type { FromWorker, ToWorker, WorkerFailure, WorkerSetup } from './protocol.js';
 
 const port = parentPort;
@@ -26,6 +26,8 @@ interface Job {
   bytes: Uint8Array;
   encoder?: Lz4FrameEncoder;
   decoder?: Lz4FrameDecoder;
+  /** Compression in parts: the frame's content size, and whether its first part was written. */
+  parts?: { contentSize: number; begun: boolean };
 }
 
 const jobs = new Map<number, Job>();
@@ -45,6 +47,11 @@ function failure(err: unknown): WorkerFailure {
 function handle(message: ToWorker): void {
   switch (message.op) {
     case 'compress': {
+      if (message.parts) {
+        const encoder = new Lz4FrameEncoder(blockSize, blockEncoder);
+        jobs.set(message.id, { buffer: undefined, bytes: new Uint8Array(0), encoder, parts: { contentSize: message.contentSize, begun: false } });
+        return;
+      }
       const bound = lz4FrameBound(message.contentSize, blockSize);
       const buffer = message.output ? undefined : new ArrayBuffer(bound);
       const bytes = message.output ? new Uint8Array(message.output, 0, bound) : new Uint8Array(buffer!);
@@ -68,7 +75,9 @@ function handle(message: ToWorker): void {
         // A job that failed or was dropped ignores the rest of its data.
         if (job) {
           const src = message.slot >= 0 ? slots[message.slot]! : new Uint8Array(0);
-          if (job.encoder) {
+          if (job.parts) {
+            part(message, job.parts, job.encoder!, src);
+          } else if (job.encoder) {
             job.encoder.write(src, 0, message.length);
             if (message.last) finish(message.id, job, job.encoder.end(message.contentChecksum));
           } else if (job.decoder) {
@@ -88,6 +97,21 @@ function handle(message: ToWorker): void {
       jobs.delete(message.id);
       return;
   }
+}
+
+/** Write one part of a frame compressed in parts into the message's buffer (or a new one) and send it. */
+function part(message: Extract<ToWorker, { op: 'data' }>, parts: { contentSize: number; begun: boolean }, encoder: Lz4FrameEncoder, src: Uint8Array): void {
+  const bound = lz4PartBound(message.length, !parts.begun, message.last, blockSize);
+  const buffer = message.output ? undefined : new ArrayBuffer(bound);
+  const dst = message.output ? new Uint8Array(message.output, 0, bound) : new Uint8Array(buffer!);
+  if (parts.begun) encoder.resume(dst);
+  else encoder.begin(dst, parts.contentSize, false, false);
+  parts.begun = true;
+  encoder.write(src, 0, message.length);
+  const length = message.last ? encoder.end(message.contentChecksum) : encoder.cut();
+  if (message.last) jobs.delete(message.id);
+  if (buffer) send({ op: 'part', id: message.id, buffer, length, last: message.last }, [buffer]);
+  else send({ op: 'part', id: message.id, length, last: message.last });
 }
 
 function finish(id: number, job: Job, length: number): void {
