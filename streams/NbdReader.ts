@@ -7,10 +7,10 @@
  * of at most `requestSize` bytes (default 512 KiB; the pieces of an extent
  * read in more than one request carry `frame`, the extent's span); zero
  * extents become zero chunks; extents that are neither (clean ranges of a
- * dirty bitmap) are dropped. Buffers: at most `inFlight` reads (default 16) plus
- * `readableHighWaterMark` (default 2) finished chunks, so memory stays below
- * (inFlight + 2) x requestSize. Reads go out concurrently and are emitted in
- * order. A failed read (NbdError with the server's errno) destroys the stream.
+ * dirty bitmap) are dropped. Buffers: at most `inFlight` (default 16) reads,
+ * outstanding or finished and waiting, plus `readableHighWaterMark`
+ * (default 2) chunks passed on, so memory stays below (inFlight + 2) x
+ * requestSize. Reads go out concurrently and are emitted in order. A failed read (NbdError with the server's errno) destroys the stream.
  * A consumer done with a chunk may hand its data back with release(): the
  * buffer is then reused for a later read (at most `inFlight` + 4 are kept
  * for that, on top of the bound above), which spares allocating and
@@ -125,8 +125,9 @@ export class NbdReader extends Transform {
     const pieces = Math.ceil(extent.length / this.requestSize);
     const frame = pieces > 1 ? { offset: extent.offset, length: extent.length } : undefined;
     for (let at = extent.offset; at < extent.offset + extent.length; at += this.requestSize) {
-      // Make room first: at most inFlight reads outstanding.
-      while (this.reading >= this.inFlight) await this.emitOne();
+      // Make room first: at most inFlight reads outstanding or finished and not yet passed on
+      // (counting only outstanding ones let finished reads pile up behind a slow consumer).
+      while (this.slots.length >= this.inFlight) await this.emitOne();
       if (this.destroyed) return;
       const length = Math.min(this.requestSize, extent.offset + extent.length - at);
       const slot: Slot = {};
