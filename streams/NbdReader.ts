@@ -10,7 +10,8 @@
  * dirty bitmap) are dropped. Buffers: at most `inFlight` (default 16) reads,
  * outstanding or finished and waiting, plus `readableHighWaterMark`
  * (default 2) chunks passed on, so memory stays below (inFlight + 2) x
- * requestSize. Reads go out concurrently and are emitted in order. A failed read (NbdError with the server's errno) destroys the stream.
+ * requestSize. Reads go out concurrently and are emitted in order. A
+ * failed read (NbdError with the server's errno) destroys the stream.
  * A consumer done with a chunk may hand its data back with release(): the
  * buffer is then reused for a later read (at most `inFlight` + 4 are kept
  * for that, on top of the bound above), which spares allocating and
