@@ -522,7 +522,8 @@ async function runJob(domain: Domain, plan: BackupPlan, s: RunState): Promise<Ba
         })),
       context.signal,
     );
-    await job?.end();
+    // libvirt takes a moment to let go of the job's socket and scratch files: save the set's files meanwhile.
+    const jobEnded = job?.end();
     await saveSetFiles({
       level: plan.level,
       ident: plan.ident,
@@ -535,6 +536,7 @@ async function runJob(domain: Domain, plan: BackupPlan, s: RunState): Promise<Ba
       files: s.files,
     });
     if (s.agent) await saveOsInfo(s.agent, plan.ident, out, log);
+    await jobEnded;
     context.signal?.throwIfAborted();
     // The commit point: only now does the set name the new checkpoint.
     if (checkpointXml !== undefined) {

@@ -122,7 +122,8 @@ function isBitmapProblem(e: unknown): boolean {
 }
 
 export class BackupJob {
-  private ended = false;
+  /** end()'s work, shared by every caller. */
+  private ending: Promise<void> | undefined;
 
   private constructor(
     readonly domain: Domain,
@@ -173,8 +174,9 @@ export class BackupJob {
         await spec.quiesce?.thaw();
       }
     } catch (e) {
-      job.ended = true;
-      await job.removeLeftovers();
+      // No job to stop: end() only has leftovers to remove.
+      job.ending = job.removeLeftovers();
+      await job.ending;
       const server = serverProblem(e, spec.endpoint, domain.name);
       if (server !== undefined) throw new BackupError('job', `Cannot start the backup job of domain ${domain.name}: ${server}`, { cause: e });
       if (isBitmapProblem(e)) {
@@ -193,9 +195,12 @@ export class BackupJob {
   }
 
   /** Stop the job and make sure its socket and scratch files are gone. */
-  async end(): Promise<void> {
-    if (this.ended) return;
-    this.ended = true;
+  end(): Promise<void> {
+    this.ending ??= this.stop();
+    return this.ending;
+  }
+
+  private async stop(): Promise<void> {
     this.log.info('Stopping backup job.');
     await this.abort();
     const deadline = Date.now() + JOB_END_WAIT_MS;
