@@ -61,6 +61,24 @@ export function resolveCredentials(src: CredentialSources): LibvirtCredentials |
 }
 
 /**
+ * The login of a command's options (`user`, `password`, `passwordFile`, the
+ * environment): the credentials, undefined when none are given, or 'failed'
+ * once a password file that cannot be used has been reported on `log`.
+ */
+export function commandCredentials(
+  options: { user?: string; password?: string; passwordFile?: string },
+  log: { error(message: string): void },
+): LibvirtCredentials | undefined | 'failed' {
+  try {
+    return resolveCredentials({ user: options.user, password: options.password, passwordFile: options.passwordFile, env: process.env });
+  } catch (e) {
+    if (!(e instanceof CredentialsError)) throw e;
+    log.error(e.message);
+    return 'failed';
+  }
+}
+
+/**
  * argv for the log with the password masked wherever it appears (`--password
  * X`, `--password=X`, an abbreviation such as `--pass X`), so it never
  * reaches the terminal or a log file.

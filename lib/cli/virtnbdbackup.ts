@@ -11,7 +11,7 @@ import { BackupError, BackupInterruptedError, messageOf } from '../backup/errors
 import { BackupPlanError } from '../backup/level.js';
 import { ArgumentError } from './argParser.js';
 import { notYetGiven, parseBackupArgs, type BackupOptions } from './backupArgs.js';
-import { CredentialsError, redactArgv, resolveCredentials, type LibvirtCredentials } from './credentials.js';
+import { commandCredentials, redactArgv } from './credentials.js';
 import { createLogger, type Logger } from './logger.js';
 import { packageVersion } from './notYet.js';
 import { createProgress } from './progress.js';
@@ -59,14 +59,8 @@ async function run(options: BackupOptions, argv: readonly string[]): Promise<num
       logger.error(`not yet: ${missing.join(', ')} ${missing.length > 1 ? 'are' : 'is'} not implemented in this version of virtnbd.`);
       return 1;
     }
-    let credentials: LibvirtCredentials | undefined;
-    try {
-      credentials = resolveCredentials({ user: options.user, password: options.password, passwordFile: options.passwordFile, env: process.env });
-    } catch (e) {
-      if (!(e instanceof CredentialsError)) throw e;
-      logger.error(e.message);
-      return 1;
-    }
+    const credentials = commandCredentials(options, logger);
+    if (credentials === 'failed') return 1;
     const controller = new AbortController();
     const untrap = trapSignals(controller, logger);
     try {

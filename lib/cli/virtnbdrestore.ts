@@ -11,7 +11,7 @@ import { RestoreAbortedError } from '../restore/errors.js';
 import { startCommand } from './startup.js';
 import { createProgress } from './progress.js';
 import { parseRestoreArgs, restoreNotYetGiven } from './restoreArgs.js';
-import { CredentialsError, resolveCredentials, type LibvirtCredentials } from './credentials.js';
+import { commandCredentials } from './credentials.js';
 
 const SIGNAL_EXIT: Record<'SIGINT' | 'SIGTERM' | 'SIGHUP', number> = { SIGINT: 130, SIGTERM: 143, SIGHUP: 129 };
 
@@ -33,12 +33,8 @@ export async function main(argv: string[]): Promise<number> {
     await logger.close();
     return 1;
   }
-  let credentials: LibvirtCredentials | undefined;
-  try {
-    credentials = resolveCredentials({ user: options.user, password: options.password, passwordFile: options.passwordFile, env: process.env });
-  } catch (e) {
-    if (!(e instanceof CredentialsError)) throw e;
-    logger.error(e.message);
+  const credentials = commandCredentials(options, logger);
+  if (credentials === 'failed') {
     await logger.close();
     return 1;
   }
