@@ -1,5 +1,5 @@
 #!/bin/bash
-# The demo of README.md (`sudo bash scripts/demo.sh`, or `npm run demo`):
+# The demo of README.md (`bash scripts/demo.sh` as root, or `npm run demo`):
 # on a Debian host it sets the host up, installs and builds virtnbd, makes a
 # throwaway firmware-only VM (TCG) with a 1 GiB qcow2 disk holding some
 # data, takes a full backup of the running VM, writes into its disk, takes
