@@ -34,6 +34,7 @@
 import { Transform, type TransformCallback } from 'node:stream';
 import type { Chunk, FrameSpan } from '../lib/chunk.js';
 import { FramerInputError } from '../lib/format/errors.js';
+import { nextPieceFrame } from '../lib/format/framePiece.js';
 import type { OrderedJobOptions } from '../lib/format/orderedJobTransform.js';
 import { Lz4WorkerPool, type Lz4CompressJob } from '../lib/lz4/pool.js';
 
@@ -201,17 +202,9 @@ export class Lz4Compress extends Transform {
 
   /** Stream one piece into its frame's units. */
   private async feed(chunk: Chunk, data: Buffer, unitSize: number): Promise<void> {
-    const span = chunk.frame ?? { offset: chunk.offset, length: chunk.length };
     let open = this.open;
-    if (open) {
-      if (span.offset !== open.span.offset || span.length !== open.span.length || chunk.offset !== open.next) {
-        throw new FramerInputError(
-          `expected the piece at ${open.next} of the data frame at ${open.span.offset} (length ${open.span.length})`,
-          chunk.offset,
-        );
-      }
-    } else {
-      if (chunk.offset !== span.offset) throw new FramerInputError(`first piece of the data frame at ${span.offset} starts elsewhere`, chunk.offset);
+    const span = nextPieceFrame(chunk, open);
+    if (!open) {
       open = { span: { offset: span.offset, length: span.length }, next: span.offset, unitStart: span.offset, job: undefined };
       this.open = open;
     }

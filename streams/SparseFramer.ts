@@ -19,6 +19,7 @@
 import { Transform, type TransformCallback } from 'node:stream';
 import type { Chunk, FrameSpan } from '../lib/chunk.js';
 import { FramerInputError } from '../lib/format/errors.js';
+import { nextPieceFrame } from '../lib/format/framePiece.js';
 import { encodeFrameHeader, TERMINATOR } from '../lib/format/frameHeader.js';
 import { isCompressed, serializeMetadata, type StreamMetadata } from '../lib/format/metadata.js';
 import { encodeTrailerSection, trailerEntryFor, type CompressionTrailer } from '../lib/format/trailer.js';
@@ -174,17 +175,8 @@ export class SparseFramer extends Transform {
       this.endPiece(open, chunk.length, partial.size);
       return;
     }
-    if (open) {
-      if (span.offset !== open.span.offset || span.length !== open.span.length || chunk.offset !== open.next) {
-        throw new FramerInputError(
-          `expected the piece at ${open.next} of the data frame at ${open.span.offset} (length ${open.span.length})`,
-          chunk.offset,
-        );
-      }
-    } else {
-      if (chunk.offset !== span.offset) {
-        throw new FramerInputError(`first piece of the data frame at ${span.offset} starts elsewhere`, chunk.offset);
-      }
+    nextPieceFrame(chunk, open);
+    if (!open) {
       this.claim(span.offset, span.length);
       open = { span: { offset: span.offset, length: span.length }, next: span.offset, pieceSizes: [], partial: undefined };
       this.open = open;
