@@ -14,12 +14,12 @@
  * restored qcow2. Target: plain throughput >= 0.7x qemu-nbd's.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BENCH_DIR, benchDisk } from './disk.js';
+import { compileEntry } from './compile.js';
 import { run, stopPidFile } from './exec.js';
 import { mapSet } from './map-set.js';
 import { measure, median } from './measure.js';
@@ -39,21 +39,6 @@ interface Server {
   /** Peak RSS of the server process so far (VmHWM), bytes; undefined for daemons we do not own. */
   peakRss(): Promise<number | undefined>;
   stop(): Promise<void>;
-}
-
-/** Compile the server entry (and what it imports) with tsc into `out`. */
-async function compileServer(out: string): Promise<string> {
-  const tsc = join(REPO, 'node_modules/typescript/bin/tsc');
-  // prettier-ignore
-  await run(process.execPath, [
-    tsc, '--outDir', out, '--rootDir', REPO, '--module', 'nodenext', '--moduleResolution', 'nodenext',
-    '--target', 'es2022', '--strict', '--noImplicitOverride', '--types', 'node', '--skipLibCheck',
-    join(REPO, 'scripts/bench/map-serve.ts'),
-  ], { cwd: REPO, timeoutMs: 600_000 });
-  await writeFile(join(out, 'package.json'), '{"type":"module"}\n');
-  // The build lives outside the repository: let it find the packages (lz4-napi, fast-xml-parser).
-  await symlink(join(REPO, 'node_modules'), join(out, 'node_modules'));
-  return join(out, 'scripts/bench/map-serve.js');
 }
 
 /** Our virtnbdmap serving `file` read-only on a unix socket; ready once it says so. */
@@ -120,7 +105,7 @@ export async function benchMap(opts: MapBenchOptions): Promise<BenchResult> {
   process.once('SIGTERM', onSignal);
   try {
     log('compiling the virtnbdmap entry with tsc');
-    const entry = await compileServer(join(dir, 'build'));
+    const entry = await compileEntry(join(REPO, 'scripts/bench/map-serve.ts'), join(dir, 'build'));
     const qemu = await startQemuNbd(set.restored, dir);
     servers.push(qemu);
     const plain = await startOurs('virtnbdmap (plain)', entry, join(set.plain, 'vda.full.data'), dir);

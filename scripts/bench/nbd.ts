@@ -16,12 +16,12 @@
  * once through an nbdkit log-filter proxy and counts the bytes the server
  * was asked for.
  */
-import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BENCH_DIR, benchDisk } from './disk.js';
+import { compileEntry } from './compile.js';
 import { run, stopPidFile } from './exec.js';
 import { measure, median } from './measure.js';
 import type { BenchResult, BenchRow } from './report.js';
@@ -96,27 +96,6 @@ async function countReads(logFile: string): Promise<{ bytes: number; requests: n
   return { bytes, requests };
 }
 
-/** Compile nbd-read.ts and what it imports (lib/nbd, streams) with tsc into `out`. */
-async function compileReader(out: string): Promise<string> {
-  const tsc = join(REPO, 'node_modules/typescript/bin/tsc');
-  await run(process.execPath, [
-    tsc,
-    '--outDir', out,
-    '--rootDir', REPO,
-    '--module', 'nodenext',
-    '--moduleResolution', 'nodenext',
-    '--target', 'es2022',
-    '--strict',
-    '--noImplicitOverride',
-    '--types', 'node',
-    '--skipLibCheck',
-    join(REPO, 'scripts/bench/nbd-read.ts'),
-  ], { cwd: REPO });
-  // The emitted files are ES modules; outside the repository node needs telling.
-  await writeFile(join(out, 'package.json'), '{"type":"module"}\n');
-  return join(out, 'scripts/bench/nbd-read.js');
-}
-
 function ourArgs(opts: NbdBenchOptions): string[] {
   const a = ['--connections', String(opts.connections)];
   if (opts.requestSize) a.push('--request-size', String(opts.requestSize));
@@ -142,7 +121,7 @@ export async function benchNbd(opts: NbdBenchOptions): Promise<BenchResult> {
   process.once('SIGTERM', onSignal);
   try {
     log('compiling scripts/bench/nbd-read.ts with tsc');
-    const readerJs = await compileReader(join(dir, 'build'));
+    const readerJs = await compileEntry(join(REPO, 'scripts/bench/nbd-read.ts'), join(dir, 'build'));
     const conn = String(opts.connections);
     const tools: Tool[] = [
       { name: 'virtnbd', cmd: process.execPath, args: (uri) => [...opts.nodeFlags, readerJs, uri, ...ourArgs(opts)], reported: reportedBytes },
