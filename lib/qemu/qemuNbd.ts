@@ -13,6 +13,7 @@ import { rmSync } from 'node:fs';
 import { rm, stat } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { showCommand } from './qemuImg.js';
+import { forgetOnExit, killOnExit } from './killOnExit.js';
 
 /** qemu-nbd could not start, failed, or did not end as expected. */
 export class QemuNbdError extends Error {
@@ -39,16 +40,6 @@ export interface QemuNbdOptions {
   binary?: string;
 }
 
-const live = new Set<ChildProcess>();
-let hooked = false;
-
-function hookProcessExit(): void {
-  if (hooked) return;
-  hooked = true;
-  process.once('exit', () => {
-    for (const child of live) child.kill('SIGKILL');
-  });
-}
 
 export class QemuNbdServer {
   private stderr = '';
@@ -67,7 +58,7 @@ export class QemuNbdServer {
     });
     this.exited = new Promise((resolve) => {
       child.once('close', (code, signal) => {
-        live.delete(child);
+        forgetOnExit(child);
         this.exitInfo = { code, signal };
         resolve(this.exitInfo);
       });
@@ -84,15 +75,14 @@ export class QemuNbdServer {
     const binary = opts.binary ?? 'qemu-nbd';
     const line = showCommand(binary, args);
     const child = spawn(binary, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-    live.add(child);
-    hookProcessExit();
+    killOnExit(child);
     const server = new QemuNbdServer(child, opts.socket, opts.exportName, line);
     const spawnError = new Promise<Error>((resolve) => child.once('error', resolve));
     const deadline = Date.now() + (opts.startTimeoutMs ?? 30_000);
     for (;;) {
       const failed = await Promise.race([spawnError, sleep(15).then(() => undefined)]);
       if (failed) {
-        live.delete(child);
+        forgetOnExit(child);
         throw new QemuNbdError(`Cannot run ${line}: ${failed.message}`);
       }
       if (server.exitInfo) {

@@ -16,6 +16,8 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { shellCommand, shellQuote, type SshHost } from './ssh.js';
+import { forgetOnExit, killOnExit } from '../qemu/killOnExit.js';
+import type { QemuCacheMode } from '../qemu/qemuNbd.js';
 
 export interface RemoteQemuNbdOptions {
   image: string;
@@ -29,7 +31,7 @@ export interface RemoteQemuNbdOptions {
   bitmap?: string;
   /** Serve many connections, one after another (`--persistent --shared`). */
   persistent?: boolean;
-  cache?: 'none' | 'writeback' | 'writethrough' | 'directsync' | 'unsafe';
+  cache?: QemuCacheMode;
   discard?: 'ignore' | 'unmap';
   /** TLS: the hypervisor's directory holding ca-cert.pem, server-cert.pem and server-key.pem. */
   tlsCertDir?: string;
@@ -37,16 +39,6 @@ export interface RemoteQemuNbdOptions {
   startTimeoutMs?: number;
 }
 
-const live = new Set<ChildProcess>();
-let hooked = false;
-
-function hookProcessExit(): void {
-  if (hooked) return;
-  hooked = true;
-  process.once('exit', () => {
-    for (const child of live) child.kill('SIGKILL');
-  });
-}
 
 /**
  * The remote shell: start qemu-nbd, report "ready <pid>", wait for stdin to
@@ -98,7 +90,7 @@ export class RemoteQemuNbd {
     child.stdin!.on('error', () => {});
     this.closed = new Promise((resolve) => {
       child.once('close', (code) => {
-        live.delete(child);
+        forgetOnExit(child);
         this.exitCode = code;
         resolve(code);
       });
@@ -120,8 +112,7 @@ export class RemoteQemuNbd {
     args.push(opts.image);
     const line = shellCommand(args);
     const child = ssh.spawn(`sh -c ${shellQuote(script(line))}`);
-    live.add(child);
-    hookProcessExit();
+    killOnExit(child);
     const server = new RemoteQemuNbd(ssh, child, opts.bind, opts.port, opts.exportName, line);
     const spawnError = new Promise<Error>((resolve) => child.once('error', resolve));
     const ms = opts.startTimeoutMs ?? 60_000;
@@ -145,7 +136,7 @@ export class RemoteQemuNbd {
     clearTimeout(timer);
     if (outcome === 'ready') return server;
     if (outcome instanceof Error) {
-      live.delete(child);
+      forgetOnExit(child);
       throw ssh.failure(line, null, '', outcome);
     }
     if (outcome === 'timeout') {
