@@ -5,7 +5,8 @@
  * strictly in input order. It holds the write callback while `depth` jobs
  * are pending, so at most `depth` inputs and outputs are in memory besides
  * the readable buffer (which Node itself bounds by holding the callback
- * while it is full). The first failure destroys the stream; results of jobs still running are then dropped.
+ * while it is full). The first failure destroys the stream; results of
+ * jobs still running are then dropped.
  */
 import { Transform, type TransformCallback } from 'node:stream';
 
