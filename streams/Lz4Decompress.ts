@@ -20,16 +20,20 @@
  * length are an Lz4DataError.
  * Buffers: at most `depth` chunks in flight (input and output), plus
  * `highWaterMark` (default 1) on each side, and the workers' input slots;
- * recycle() takes decoded buffers back once written, for reuse.
+ * recycle() takes decoded buffers back once written, for reuse; `loans`
+ * gets each LZ4 frame's input back once decoded (SparseParser's lender).
  */
 import type { Chunk, FrameSpan } from '../lib/chunk.js';
 import { Lz4DataError } from '../lib/format/errors.js';
 import { OrderedJobTransform, type OrderedJobOptions } from '../lib/format/orderedJobTransform.js';
 import { Lz4WorkerPool } from '../lib/lz4/pool.js';
+import { NO_LOANS, type BufferLoans } from '../lib/bufferLender.js';
 
 export interface Lz4DecompressOptions extends OrderedJobOptions {
   /** Worker threads to decompress on (default: the process-wide pool). */
   pool?: Lz4WorkerPool;
+  /** Where LZ4 input buffers go back once decoded (their lender; default: nowhere). */
+  loans?: BufferLoans;
 }
 
 interface Piece {
@@ -53,6 +57,7 @@ export class Lz4Decompress extends OrderedJobTransform<Chunk, Piece | null> {
   /** The data frame whose pieces are being delivered. */
   private open: OpenFrame | undefined;
   private readonly pool: Lz4WorkerPool;
+  private readonly loans: BufferLoans;
   /** The parts so far of an LZ4 frame arriving in parts, and the chunk they belong to. */
   private parts: { chunk: Chunk; lz4: Buffer[] } | undefined;
 
@@ -60,6 +65,7 @@ export class Lz4Decompress extends OrderedJobTransform<Chunk, Piece | null> {
     // Two frames in flight keep a worker busy (one decoding, one queued); each holds up to 32 MiB of output.
     super({ ...options, depth: options.depth ?? 2, highWaterMark: options.highWaterMark ?? 1 });
     this.pool = options.pool ?? Lz4WorkerPool.shared();
+    this.loans = options.loans ?? NO_LOANS;
   }
 
   /**
@@ -81,8 +87,12 @@ export class Lz4Decompress extends OrderedJobTransform<Chunk, Piece | null> {
     this.lastSpan = chunk.zero ? undefined : frame;
     const frameIndex = this.frameCount;
     if (chunk.zero || chunk.lz4 === undefined) return { chunk, data: undefined, frame, frameIndex };
-    return this.pool.decompressFrame(chunk.lz4).then(
-      (data): Piece => ({ chunk, data, frame, frameIndex }),
+    const lz4 = chunk.lz4;
+    return this.pool.decompressFrame(lz4).then(
+      (data): Piece => {
+        this.loans.release(lz4);
+        return { chunk, data, frame, frameIndex };
+      },
       (err: unknown) => {
         throw new Lz4DataError(frameIndex, frame.offset, `cannot decompress LZ4 data: ${describe(err)}`);
       },
@@ -115,7 +125,9 @@ export class Lz4Decompress extends OrderedJobTransform<Chunk, Piece | null> {
       if (chunk.lz4More) return undefined;
       this.parts = undefined;
       const { lz4More: _more, ...rest } = chunk;
-      return { ...rest, lz4: Buffer.concat(parts.lz4) };
+      const whole = Buffer.concat(parts.lz4);
+      for (const part of parts.lz4) this.loans.release(part);
+      return { ...rest, lz4: whole };
     }
     if (chunk.lz4 === undefined || !chunk.lz4More) return chunk;
     this.parts = { chunk, lz4: [chunk.lz4] };

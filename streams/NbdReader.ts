@@ -22,6 +22,7 @@ import { Transform, type TransformCallback } from 'node:stream';
 import type { Chunk } from '../lib/chunk.js';
 import type { Extent } from '../lib/extent.js';
 import type { NbdBlockDevice } from '../lib/nbd/device.js';
+import { BufferLender } from '../lib/bufferLender.js';
 
 export interface NbdReaderOptions {
   /** Concurrent NBD_CMD_READ requests (default 16). */
@@ -56,11 +57,8 @@ export class NbdReader extends Transform {
   private resumeRead?: () => void;
   /** Bytes of data read so far. */
   bytesRead = 0;
-  /** Released data buffers (each requestSize bytes) waiting for reuse. */
-  private readonly spare: Buffer[] = [];
-  private readonly spareLimit: number;
-  /** Data buffers handed out, by their memory; weak, so unreleased ones are simply collected. */
-  private readonly lent = new WeakMap<ArrayBufferLike, Buffer>();
+  /** Data buffers (each requestSize bytes) handed out, and released ones waiting for reuse. */
+  private readonly lender: BufferLender;
 
   constructor(client: NbdBlockDevice, opts: NbdReaderOptions = {}) {
     super({ objectMode: true, readableHighWaterMark: opts.readableHighWaterMark ?? 2, writableHighWaterMark: 16 });
@@ -69,7 +67,7 @@ export class NbdReader extends Transform {
     const size = Math.min(opts.requestSize ?? DEFAULT_REQUEST_SIZE, client.maxRequestSize);
     // Keep pieces aligned to the server's minimum block size.
     this.requestSize = Math.max(size - (size % client.minimumBlockSize), client.minimumBlockSize);
-    this.spareLimit = this.inFlight + 4;
+    this.lender = new BufferLender(this.requestSize, this.inFlight + 4);
   }
 
   /**
@@ -78,17 +76,7 @@ export class NbdReader extends Transform {
    * reader did not hand out, or already got back, are ignored.
    */
   release(data: Buffer): void {
-    const whole = this.lent.get(data.buffer);
-    if (!whole) return;
-    this.lent.delete(data.buffer);
-    if (this.spare.length < this.spareLimit && !this.destroyed) this.spare.push(whole);
-  }
-
-  /** A requestSize buffer for the next read: a released one, else a new one (with memory of its own, so `lent` can key on it). */
-  private takeBuffer(): Buffer {
-    const buf = this.spare.pop() ?? Buffer.allocUnsafeSlow(this.requestSize);
-    this.lent.set(buf.buffer, buf);
-    return buf;
+    if (!this.destroyed) this.lender.release(data);
   }
 
   override _transform(extent: Extent, _enc: BufferEncoding, cb: TransformCallback): void {
@@ -109,7 +97,7 @@ export class NbdReader extends Transform {
   override _destroy(err: Error | null, cb: (error?: Error | null) => void): void {
     // Reads in flight cannot be recalled; their results are dropped.
     this.slots.length = 0;
-    this.spare.length = 0;
+    this.lender.drop();
     const resume = this.resumeRead;
     this.resumeRead = undefined;
     resume?.();
@@ -141,7 +129,7 @@ export class NbdReader extends Transform {
 
   private readPiece(offset: number, length: number, frame?: { offset: number; length: number }): Promise<Chunk> {
     this.reading++;
-    const into = this.takeBuffer();
+    const into = this.lender.lend();
     const p = this.client.read(offset, length, into).then(
       (data) => {
         this.reading--;

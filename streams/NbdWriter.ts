@@ -9,7 +9,8 @@
  * holding an LZ4 frame (`lz4`) are refused: decompress first. Out: nothing;
  * `bytesWritten` / `bytesZeroed` count progress. Buffers: at most
  * `inFlight` requests (default 8), each keeping its chunk's data alive until
- * the server answers. The first failure (an NbdError carrying the server's
+ * the server answers (then `onWritten` gets it back, for its lender to
+ * reuse). The first failure (an NbdError carrying the server's
  * errno) destroys the stream; `final` waits for every request, then flushes.
  */
 import { Writable } from 'node:stream';
@@ -26,6 +27,8 @@ export interface NbdWriterOptions {
   flush?: boolean;
   /** Data chunks are written in requests of at most this many bytes (default 1 MiB, at most client.maxRequestSize). */
   requestSize?: number;
+  /** Called with a data chunk's `data` once the server answered every write of it (not after a failure). */
+  onWritten?: (data: Buffer) => void;
 }
 
 const DEFAULT_REQUEST_SIZE = 1024 * 1024;
@@ -39,6 +42,7 @@ export class NbdWriter extends Writable {
   private readonly targetIsZero: boolean;
   private readonly doFlush: boolean;
   private readonly requestSize: number;
+  private readonly onWritten: ((data: Buffer) => void) | undefined;
   private readonly running = new Set<Promise<void>>();
   private failure?: Error;
   private zeroBuffer?: Buffer;
@@ -55,6 +59,7 @@ export class NbdWriter extends Writable {
     this.doFlush = opts.flush ?? true;
     const size = Math.min(opts.requestSize ?? DEFAULT_REQUEST_SIZE, client.maxRequestSize);
     this.requestSize = Math.max(size - (size % client.minimumBlockSize), client.minimumBlockSize);
+    this.onWritten = opts.onWritten;
   }
 
   override _write(chunk: Chunk, _enc: BufferEncoding, cb: (error?: Error | null) => void): void {
@@ -99,19 +104,23 @@ export class NbdWriter extends Writable {
       throw new NbdUsageError(`chunk at offset ${chunk.offset} says length ${chunk.length} but holds ${data.length} bytes`);
     }
     const max = this.requestSize;
+    const onWritten = this.onWritten;
+    let unanswered = Math.ceil(data.length / max);
+    const answered = onWritten ? (): void => void (--unanswered === 0 && onWritten(data)) : undefined;
     for (let pos = 0; pos < data.length; pos += max) {
       const piece = data.subarray(pos, Math.min(pos + max, data.length));
-      await this.start(this.client.write(chunk.offset + pos, piece), piece.length, 0);
+      await this.start(this.client.write(chunk.offset + pos, piece), piece.length, 0, answered);
     }
   }
 
   /** Track one request; wait while `inFlight` are outstanding. */
-  private async start(request: Promise<void>, written: number, zeroed: number): Promise<void> {
+  private async start(request: Promise<void>, written: number, zeroed: number, answered?: () => void): Promise<void> {
     const p: Promise<void> = request.then(
       () => {
         this.running.delete(p);
         this.bytesWritten += written;
         this.bytesZeroed += zeroed;
+        answered?.();
       },
       (err: Error) => {
         this.running.delete(p);

@@ -39,6 +39,7 @@ import { FRAME_HEADER_LENGTH, parseFrameHeader, showBytes, type FrameHeader } fr
 import { Lz4FrameViolation, Lz4FrameWalker } from '../lib/format/lz4Frame.js';
 import { decodeMetadataJson, isCompressed, normalizeMetadata, type StreamMetadata } from '../lib/format/metadata.js';
 import { CompressedSizeLog, parseTrailerSection, type CompressionTrailer } from '../lib/format/trailer.js';
+import { BufferLender, NO_LOANS, type BufferLoans } from '../lib/bufferLender.js';
 
 export interface SparseParserOptions {
   /** Largest data chunk emitted for uncompressed frames (default 4 MiB). */
@@ -51,6 +52,13 @@ export interface SparseParserOptions {
   maxTrailerSize?: number;
   /** Chunks buffered on the readable side (default 2). */
   readableHighWaterMark?: number;
+  /**
+   * The input's lender (FileSource): each input buffer is released once
+   * consumed, and a view kept past that (a piece passed on, a part carried
+   * to the next input) is retained; whoever ends up with a chunk's `data` or
+   * `lz4` releases it when done (NbdWriter's onWritten, Lz4Decompress).
+   */
+  loans?: BufferLoans;
 }
 
 type State =
@@ -91,6 +99,9 @@ export class SparseParser extends Transform {
   private readonly maxLz4FrameSize: number;
   private readonly maxMetadataSize: number;
   private readonly maxTrailerSize: number;
+  private readonly loans: BufferLoans;
+  /** Pieces completed across two inputs (< PIECE_ALIGNMENT bytes) are copied into these, handed back with release(). */
+  private readonly joins = new BufferLender(PIECE_ALIGNMENT, 16);
 
   private state: State = 'header';
   private compressed = false;
@@ -127,6 +138,7 @@ export class SparseParser extends Transform {
     this.maxLz4FrameSize = options.maxLz4FrameSize ?? 128 * 1024 * 1024;
     this.maxMetadataSize = options.maxMetadataSize ?? 1024 * 1024;
     this.maxTrailerSize = options.maxTrailerSize ?? 64 * 1024 * 1024;
+    this.loans = options.loans ?? NO_LOANS;
     for (const [name, value] of Object.entries({
       maxPieceSize: this.maxPieceSize,
       maxLz4FrameSize: this.maxLz4FrameSize,
@@ -140,6 +152,7 @@ export class SparseParser extends Transform {
   override _transform(input: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
     try {
       this.consume(input);
+      this.loans.release(input);
       callback();
     } catch (err) {
       callback(err as Error);
@@ -180,7 +193,11 @@ export class SparseParser extends Transform {
           const take = Math.min(this.metaLength - this.partsLength, available);
           this.collect(input, at, take);
           at += take;
-          if (this.partsLength === this.metaLength) this.onMetadata(this.takeParts());
+          if (this.partsLength === this.metaLength) {
+            const json = this.takeParts();
+            this.onMetadata(json);
+            this.loans.release(json);
+          }
           break;
         }
         case 'terminator': {
@@ -222,6 +239,9 @@ export class SparseParser extends Transform {
               this.carrying = true;
               break;
             }
+            // Less than an aligned step left in this input: carry it, so the next input completes
+            // only this short piece (a small copy) and the pieces after it are views again.
+            this.carrying = true;
           }
           this.collect(input, at, take);
           frame.consumed += take;
@@ -296,16 +316,37 @@ export class SparseParser extends Transform {
 
   private collect(input: Buffer, at: number, count: number): void {
     if (count === 0) return;
-    this.parts.push(input.subarray(at, at + count));
+    const part = input.subarray(at, at + count);
+    this.loans.retain(part);
+    this.parts.push(part);
     this.partsLength += count;
     this.advance(count);
   }
 
+  /** The collected parts as one buffer: the one part itself (still held), or a copy (the parts released). */
   private takeParts(): Buffer {
-    const bytes = this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts, this.partsLength);
+    let bytes: Buffer;
+    if (this.parts.length === 1) bytes = this.parts[0]!;
+    else {
+      bytes = Buffer.concat(this.parts, this.partsLength);
+      for (const part of this.parts) this.loans.release(part);
+    }
     this.parts = [];
     this.partsLength = 0;
     return bytes;
+  }
+
+  /** takeParts() into one of `joins` (short pieces joined from two inputs: frequent, so no fresh buffer each). */
+  private joinParts(): Buffer {
+    const joined = this.joins.lend().subarray(0, this.partsLength);
+    let at = 0;
+    for (const part of this.parts) {
+      at += part.copy(joined, at);
+      this.loans.release(part);
+    }
+    this.parts = [];
+    this.partsLength = 0;
+    return joined;
   }
 
   private nextFrame(): void {
@@ -400,9 +441,19 @@ export class SparseParser extends Transform {
     this.emit('metadata', metadata);
   }
 
+  /**
+   * Hand back a chunk's `data` once nothing reads it any more: to the
+   * input's lender, or to this parser's own buffers (pieces joined from two
+   * inputs). Other buffers are ignored.
+   */
+  release(data: Uint8Array): void {
+    this.joins.release(data);
+    this.loans.release(data);
+  }
+
   private emitPlainPiece(): void {
     const frame = this.data!;
-    const data = this.takeParts();
+    const data = this.parts.length > 1 && this.partsLength <= PIECE_ALIGNMENT ? this.joinParts() : this.takeParts();
     const offset = frame.span.offset + frame.consumed - data.length;
     const whole = data.length === frame.span.length;
     this.push((whole ? { offset, length: data.length, data } : { offset, length: data.length, data, frame: { ...frame.span } }) satisfies Chunk);
@@ -492,6 +543,7 @@ export class SparseParser extends Transform {
       throw new TrailerError(where, 'compressed stream ends after the stop frame, without its compression trailer');
     }
     const trailer = parseTrailerSection(section, where);
+    this.loans.release(section);
     this.sizes.check(trailer, where);
     this.trailer = trailer;
     this.emit('trailer', trailer);

@@ -31,6 +31,7 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { StreamMetadata } from '../format/metadata.js';
+import { NO_LOANS, type BufferLoans } from '../bufferLender.js';
 import { NbdClient } from '../nbd/client.js';
 import { createImage } from '../qemu/qemuImg.js';
 import { QemuNbdServer } from '../qemu/qemuNbd.js';
@@ -81,6 +82,8 @@ export interface ApplyOptions {
   /** Called with the uncompressed length of each data chunk written. */
   onData?: (bytes: number) => void;
   signal?: AbortSignal;
+  /** The source's lender (FileSource): buffers go back to it once written. */
+  loans?: BufferLoans;
 }
 
 export interface ApplyResult {
@@ -193,9 +196,16 @@ export class DiskImage {
   /** Apply one data file's stream to the image. */
   async apply(source: Readable, file: string, opts: ApplyOptions): Promise<ApplyResult> {
     const tap = new ChecksumTap();
+    const loans = opts.loans ?? NO_LOANS;
     // 1 MiB pieces x 8 writes in flight: as fast as bigger ones into qemu-nbd, and memory stays small.
-    const parser = new SparseParser({ maxPieceSize: PIECE_SIZE });
-    const writer = new NbdWriter(this.client, { targetIsZero: opts.fresh, inFlight: WRITES_IN_FLIGHT });
+    const parser = new SparseParser({ maxPieceSize: PIECE_SIZE, loans });
+    const decompress = new Lz4Decompress({ loans });
+    // A written piece is a view of the source's buffer, a piece the parser joined, or a decompressed frame: each owner takes back its own.
+    const onWritten = (data: Buffer): void => {
+      parser.release(data);
+      decompress.recycle(data);
+    };
+    const writer = new NbdWriter(this.client, { targetIsZero: opts.fresh, inFlight: WRITES_IN_FLIGHT, onWritten });
     const progress = new ProgressTap((n) => opts.onData?.(n));
     let mismatch: string | undefined;
     parser.once('metadata', (m: StreamMetadata) => {
@@ -209,7 +219,7 @@ export class DiskImage {
       }
     });
     try {
-      await pipeline(source, tap, parser, new Lz4Decompress(), progress, writer, opts.signal ? { signal: opts.signal } : {});
+      await pipeline(source, tap, parser, decompress, progress, writer, opts.signal ? { signal: opts.signal } : {});
     } catch (error) {
       if (error instanceof RestoreError) throw error;
       const err = error as Error;

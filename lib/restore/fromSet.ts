@@ -27,6 +27,7 @@ import { SshHostFiles } from '../remote/sshHostFiles.js';
 import { readDataHead, type BackupSetReader } from './set.js';
 import { localTarget, type RestoreTarget } from './target.js';
 import { classifySetFile, pickQcowInfo, pickVmConfig, qcowCreateOptions, type ChainEnd } from './setFiles.js';
+import { FileSource } from '../../streams/FileSource.js';
 
 const SMALL_FILE_MAX = 16 * 1024 * 1024;
 
@@ -218,8 +219,10 @@ export async function restoreFromSet(
       for (const step of chain.steps) {
         options.signal?.throwIfAborted();
         logger.info(`Applying data from backup file [${step.file}] to target file [${temp}].`);
-        const result = await current.apply(await reader.open(step.file), step.file, {
+        const source = await reader.open(step.file);
+        const result = await current.apply(source, step.file, {
           fresh,
+          ...(source instanceof FileSource ? { loans: source } : {}),
           expectedChecksum: checksums.get(step.file),
           expectedMetadata: step.metadata,
           onData: (n) => bar.update(n),

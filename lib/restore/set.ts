@@ -9,13 +9,13 @@
  * Also: the head of a data file (its meta frame) tells a sparse stream
  * from a raw image, and gives the stream's metadata without reading on.
  */
-import { createReadStream } from 'node:fs';
 import { open, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { FRAME_HEADER_LENGTH, parseFrameHeader } from '../format/frameHeader.js';
 import { decodeMetadataJson, normalizeMetadata, type StreamMetadata } from '../format/metadata.js';
 import { CHECKPOINT_DIR } from '../format/naming.js';
+import { FileSource } from '../../streams/FileSource.js';
 import { ZipSource } from '../../streams/ZipSource.js';
 import { BackupSetError, RestoreError } from './errors.js';
 import { safeEntryName } from './setFiles.js';
@@ -103,12 +103,12 @@ class DirectorySet implements BackupSetReader {
 
   async open(name: string): Promise<Readable> {
     if (!this.names.includes(name)) throw new BackupSetError(`${this.label}: no file ${name} in the backup set`);
-    const stream = createReadStream(join(this.label, name), { highWaterMark: 1024 * 1024 });
-    await new Promise<void>((resolve, reject) => {
-      stream.once('open', () => resolve());
-      stream.once('error', (e) => reject(new BackupSetError(`Cannot read ${join(this.label, name)}: ${e.message}`)));
-    });
-    return stream;
+    try {
+      // Lends its buffers: a restore hands them back once written, so reading allocates a fixed set.
+      return await FileSource.open(join(this.label, name));
+    } catch (error) {
+      throw new BackupSetError(`Cannot read ${join(this.label, name)}: ${(error as Error).message}`);
+    }
   }
 
   async readFile(name: string, maxBytes: number): Promise<Buffer> {
