@@ -4,6 +4,9 @@
  *
  * - virtnbd full and full -z: our CLI as installed (bin/virtnbdbackup on
  *   dist/, compiled first), the whole command timed, libvirt job included;
+ * - virtnbd full (16 GiB): the same on a second VM whose disk holds the same
+ *   data with a 16 GiB virtual size: its peak RSS must match the 4 GiB one
+ *   (+-10%), memory must not grow with the disk;
  * - virtnbdbackup full and full -z: Debian's package, the same commands;
  * - nbdcopy: from the export of a pull-mode backup job started with virsh
  *   (untimed) to a sparse raw file with --flush, as the limit: it only
@@ -16,16 +19,16 @@
  */
 import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import { loadavg } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { BENCH_DIR, benchDisk } from './disk.js';
+import { buildDist, REPO } from './dist.js';
 import { run } from './exec.js';
 import type { BenchResult, BenchRow } from './report.js';
 import { roundRows, runRounds, type Contender } from './rounds.js';
 import { beginPullJob, endJob, startBenchVm, type BenchVm } from './vm.js';
 
-const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const MB = 1e6;
+const GiB = 1024 ** 3;
 
 export interface BackupBenchOptions {
   rounds: number;
@@ -39,11 +42,12 @@ async function dataFileSize(dir: string): Promise<number> {
   return total;
 }
 
-function contenders(vm: BenchVm, work: string): Contender[] {
+function contenders(vm: BenchVm, vm16: BenchVm, work: string): Contender[] {
   const ours = join(REPO, 'bin/virtnbdbackup');
   const socket = join(work, 'job.sock');
   return [
     { name: 'virtnbd full', command: (out) => ({ cmd: ours, args: ['-d', vm.name, '-l', 'full', '-o', out, '-n'] }) },
+    { name: 'virtnbd full (16 GiB)', command: (out) => ({ cmd: ours, args: ['-d', vm16.name, '-l', 'full', '-o', out, '-n'] }) },
     { name: 'virtnbdbackup full', command: (out) => ({ cmd: 'virtnbdbackup', args: ['-d', vm.name, '-l', 'full', '-o', out, '-n'] }) },
     {
       name: 'nbdcopy',
@@ -60,13 +64,16 @@ export async function benchBackup(opts: BackupBenchOptions): Promise<BenchResult
   const { log } = opts;
   const loadBefore = loadavg();
   const disk = await benchDisk(log);
-  log('building dist/ (npm run build)');
-  await run(process.execPath, [join(REPO, 'node_modules/typescript/bin/tsc'), '-p', join(REPO, 'tsconfig.json')], { cwd: REPO, timeoutMs: 600_000 });
+  const disk16 = await benchDisk(log, 16 * GiB);
+  await buildDist(log);
   const dir = await mkdtemp(join(BENCH_DIR, 'backup-'));
   let vm: BenchVm | undefined;
+  let vm16: BenchVm | undefined;
   const cleanUp = async (): Promise<void> => {
     await vm?.stop();
     vm = undefined;
+    await vm16?.stop();
+    vm16 = undefined;
     await rm(dir, { recursive: true, force: true });
   };
   const onSignal = (): void => void cleanUp().finally(() => process.exit(130));
@@ -74,11 +81,14 @@ export async function benchBackup(opts: BackupBenchOptions): Promise<BenchResult
   process.once('SIGTERM', onSignal);
   try {
     vm = await startBenchVm(disk.path, dir, log);
-    const all = contenders(vm, dir);
+    vm16 = await startBenchVm(disk16.path, dir, log, '16g');
+    const all = contenders(vm, vm16, dir);
     const runs = await runRounds(all, { rounds: opts.rounds, dir, outcome: (_c, out) => dataFileSize(out), log });
     const rows = roundRows(all, runs, (cmd) => (cmd === join(REPO, 'bin/virtnbdbackup') ? './bin/virtnbdbackup' : cmd));
     const row = (name: string): BenchRow => rows.find((r) => r.name === name) as BenchRow;
     const ours = row('virtnbd full');
+    const ours16 = row('virtnbd full (16 GiB)');
+    const rss16 = ours16.peakRssBytes / ours.peakRssBytes - 1;
     const oursZ = row('virtnbd full -z');
     const peer = row('virtnbdbackup full');
     const peerZ = row('virtnbdbackup full -z');
@@ -89,7 +99,7 @@ export async function benchBackup(opts: BackupBenchOptions): Promise<BenchResult
     const ratioZ = (oursZ.reportedBytes ?? 0) / disk.dataBytes;
     const peerRatioZ = (peerZ.reportedBytes ?? 0) / disk.dataBytes;
     const ratioDiff = Math.abs(ratioZ - peerRatioZ) / peerRatioZ;
-    const peakOurs = Math.max(ours.peakRssBytes, oursZ.peakRssBytes);
+    const peakOurs = Math.max(ours.peakRssBytes, oursZ.peakRssBytes, ours16.peakRssBytes);
     return {
       bench: 'backup',
       rows,
@@ -99,9 +109,11 @@ export async function benchBackup(opts: BackupBenchOptions): Promise<BenchResult
         { what: 'full -z speed-up over virtnbdbackup -z', value: speedupZ, limit: 3, unit: 'x', ok: speedupZ >= 3 },
         { what: 'compression ratio difference to virtnbdbackup -z', value: ratioDiff * 100, limit: 5, unit: '%', ok: ratioDiff <= 0.05 },
         { what: 'peak RSS virtnbd', value: peakOurs / MB, limit: 100, unit: 'MB', ok: peakOurs <= 100 * MB },
+        { what: 'peak RSS virtnbd full, 16 GiB vs 4 GiB disk', value: rss16 * 100, limit: 10, unit: '%', ok: Math.abs(rss16) <= 0.1 },
       ],
       info: {
         disk: `${disk.path} (${disk.virtualSize} bytes virtual, ${disk.dataBytes} data bytes in ${disk.dataExtents} extents), attached to paused TCG VM`,
+        'disk (16 GiB)': `${disk16.path} (${disk16.virtualSize} bytes virtual, ${disk16.dataBytes} data bytes in ${disk16.dataExtents} extents)`,
         rounds: opts.rounds,
         'ratio virtnbd full / nbdcopy (medians)': Number(vsNbdcopy.toFixed(3)),
         'ratio virtnbdbackup full / virtnbd full': Number(speedup.toFixed(3)),

@@ -1,12 +1,16 @@
 /**
  * The benchmark disk of DESIGN.md ("Performance references"): a 4 GiB qcow2
  * holding ~1.4 GiB of data: 1 GiB of random bytes, 256 MiB of base64 text
- * and 2000 random 64 KiB blocks scattered at seeded positions.
+ * and 2000 random 64 KiB blocks scattered at seeded positions. The same
+ * recipe with a larger virtual size (16 GiB: the same data bytes, the
+ * blocks scattered over the whole disk) shows whether memory grows with the
+ * disk rather than with the data.
  *
  * Built once under /var/tmp/virtnbd-bench/ (outside the repository: it is
- * big) and reused while its manifest matches the recipe below; rebuilt when
- * missing. Contents are deterministic (AES-CTR keystream with a fixed key,
- * positions from a seeded PRNG), so every run reads the same bytes.
+ * big; bench.qcow2, bench16.qcow2 for 16 GiB) and reused while its manifest
+ * matches the recipe below; rebuilt when missing. Contents are
+ * deterministic (AES-CTR keystream with a fixed key, positions from a
+ * seeded PRNG), so every run reads the same bytes.
  * Built as a sparse raw file, then `qemu-img convert -O qcow2`, which leaves
  * the holes unallocated.
  */
@@ -22,14 +26,22 @@ const KiB = 1024;
 const MiB = 1024 * KiB;
 const GiB = 1024 * MiB;
 
-/** The recipe; change `version` whenever the contents change, so caches rebuild. */
-export const RECIPE = {
-  version: 1,
-  virtualSize: 4 * GiB,
-  random: { offset: 512 * MiB, length: 1 * GiB },
-  text: { offset: 2 * GiB, length: 256 * MiB },
-  scattered: { count: 2000, blockSize: 64 * KiB, seed: 0x5eed },
-} as const;
+/** The recipe for a virtual size; change `version` whenever the contents change, so caches rebuild. */
+export function recipe(virtualSize: number) {
+  // Key order matters: the manifest compares the recipe as JSON.
+  return {
+    version: 1,
+    virtualSize,
+    random: { offset: 512 * MiB, length: 1 * GiB },
+    text: { offset: 2 * GiB, length: 256 * MiB },
+    scattered: { count: 2000, blockSize: 64 * KiB, seed: 0x5eed },
+  } as const;
+}
+
+export type Recipe = ReturnType<typeof recipe>;
+
+/** The bench disk of DESIGN.md. */
+export const RECIPE = recipe(4 * GiB);
 
 export interface BenchDisk {
   /** The qcow2 image. */
@@ -44,7 +56,7 @@ export interface BenchDisk {
 }
 
 interface Manifest {
-  recipe: typeof RECIPE;
+  recipe: Recipe;
   dataBytes: number;
   dataExtents: number;
 }
@@ -67,7 +79,7 @@ class Keystream {
 }
 
 /** mulberry32: a small seeded PRNG for block positions. */
-function prng(seed: number): () => number {
+export function prng(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
@@ -79,11 +91,11 @@ function prng(seed: number): () => number {
 }
 
 /** Seeded 64 KiB-aligned positions outside the random and text regions, no two the same. */
-export function scatteredOffsets(): number[] {
-  const { count, blockSize, seed } = RECIPE.scattered;
-  const slots = RECIPE.virtualSize / blockSize;
+export function scatteredOffsets(r: Recipe = RECIPE): number[] {
+  const { count, blockSize, seed } = r.scattered;
+  const slots = r.virtualSize / blockSize;
   const inRegion = (off: number): boolean =>
-    [RECIPE.random, RECIPE.text].some((r) => off + blockSize > r.offset && off < r.offset + r.length);
+    [r.random, r.text].some((r) => off + blockSize > r.offset && off < r.offset + r.length);
   const rand = prng(seed);
   const taken = new Set<number>();
   while (taken.size < count) {
@@ -113,23 +125,23 @@ function* textPieces(total: number): Generator<Buffer> {
   }
 }
 
-async function buildRaw(rawPath: string): Promise<void> {
+async function buildRaw(rawPath: string, r: Recipe): Promise<void> {
   const fh = await open(rawPath, 'w');
   try {
-    await fh.truncate(RECIPE.virtualSize);
+    await fh.truncate(r.virtualSize);
     const ks = new Keystream('virtnbd-random');
-    for (let at = 0; at < RECIPE.random.length; at += 8 * MiB) {
-      const n = Math.min(8 * MiB, RECIPE.random.length - at);
-      await fh.write(ks.next(n), 0, n, RECIPE.random.offset + at);
+    for (let at = 0; at < r.random.length; at += 8 * MiB) {
+      const n = Math.min(8 * MiB, r.random.length - at);
+      await fh.write(ks.next(n), 0, n, r.random.offset + at);
     }
-    let at = RECIPE.text.offset;
-    for (const piece of textPieces(RECIPE.text.length)) {
+    let at = r.text.offset;
+    for (const piece of textPieces(r.text.length)) {
       await fh.write(piece, 0, piece.length, at);
       at += piece.length;
     }
     const blocks = new Keystream('virtnbd-blocks');
-    for (const off of scatteredOffsets()) {
-      await fh.write(blocks.next(RECIPE.scattered.blockSize), 0, RECIPE.scattered.blockSize, off);
+    for (const off of scatteredOffsets(r)) {
+      await fh.write(blocks.next(r.scattered.blockSize), 0, r.scattered.blockSize, off);
     }
   } finally {
     await fh.close();
@@ -137,7 +149,7 @@ async function buildRaw(rawPath: string): Promise<void> {
 }
 
 /** Data bytes and extents of an image, from `qemu-img map`. */
-async function mapData(path: string): Promise<{ dataBytes: number; dataExtents: number }> {
+export async function mapData(path: string): Promise<{ dataBytes: number; dataExtents: number }> {
   const r = await run('qemu-img', ['map', '--output=json', '-f', 'qcow2', path]);
   const map = JSON.parse(r.stdout) as Array<{ start: number; length: number; data: boolean; zero: boolean }>;
   let dataBytes = 0;
@@ -151,40 +163,47 @@ async function mapData(path: string): Promise<{ dataBytes: number; dataExtents: 
   return { dataBytes, dataExtents };
 }
 
-function expectedDataBytes(): number {
-  return RECIPE.random.length + RECIPE.text.length + RECIPE.scattered.count * RECIPE.scattered.blockSize;
+function expectedDataBytes(r: Recipe): number {
+  return r.random.length + r.text.length + r.scattered.count * r.scattered.blockSize;
 }
 
-/** The bench disk, built if missing or made by another recipe. */
-export async function benchDisk(log: (msg: string) => void = () => {}): Promise<BenchDisk> {
+/** Cache name of a bench disk: `bench` for DESIGN.md's 4 GiB, `bench16` for 16 GiB. */
+export function benchDiskName(virtualSize: number): string {
+  return virtualSize === RECIPE.virtualSize ? 'bench' : `bench${virtualSize / GiB}`;
+}
+
+/** The bench disk (4 GiB unless told), built if missing or made by another recipe. */
+export async function benchDisk(log: (msg: string) => void = () => {}, virtualSize: number = RECIPE.virtualSize): Promise<BenchDisk> {
+  const r = recipe(virtualSize);
   await mkdir(BENCH_DIR, { recursive: true });
-  const path = join(BENCH_DIR, 'bench.qcow2');
-  const manifestPath = join(BENCH_DIR, 'bench.json');
+  const name = benchDiskName(virtualSize);
+  const path = join(BENCH_DIR, `${name}.qcow2`);
+  const manifestPath = join(BENCH_DIR, `${name}.json`);
   if (existsSync(path) && existsSync(manifestPath)) {
     try {
       const m = JSON.parse(await readFile(manifestPath, 'utf8')) as Manifest;
-      if (JSON.stringify(m.recipe) === JSON.stringify(RECIPE)) {
-        return { path, virtualSize: RECIPE.virtualSize, dataBytes: m.dataBytes, dataExtents: m.dataExtents, built: false };
+      if (JSON.stringify(m.recipe) === JSON.stringify(r)) {
+        return { path, virtualSize, dataBytes: m.dataBytes, dataExtents: m.dataExtents, built: false };
       }
     } catch {
       /* unreadable manifest: rebuild */
     }
   }
-  log(`building the bench disk ${path} (4 GiB qcow2, ~1.4 GiB data; cached for later runs)`);
-  const raw = join(BENCH_DIR, 'bench.raw.partial');
+  log(`building the bench disk ${path} (${virtualSize / GiB} GiB qcow2, ~1.4 GiB data; cached for later runs)`);
+  const raw = join(BENCH_DIR, `${name}.raw.partial`);
   const partial = `${path}.partial`;
   await rm(manifestPath, { force: true });
   try {
-    await buildRaw(raw);
+    await buildRaw(raw, r);
     await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, partial], { timeoutMs: 600_000 });
     const { dataBytes, dataExtents } = await mapData(partial);
-    if (dataBytes !== expectedDataBytes()) {
-      throw new Error(`bench disk holds ${dataBytes} data bytes, expected ${expectedDataBytes()}`);
+    if (dataBytes !== expectedDataBytes(r)) {
+      throw new Error(`bench disk holds ${dataBytes} data bytes, expected ${expectedDataBytes(r)}`);
     }
     await rename(partial, path);
-    const manifest: Manifest = { recipe: RECIPE, dataBytes, dataExtents };
+    const manifest: Manifest = { recipe: r, dataBytes, dataExtents };
     await writeFile(manifestPath, `${JSON.stringify(manifest, null, 2)}\n`);
-    return { path, virtualSize: RECIPE.virtualSize, dataBytes, dataExtents, built: true };
+    return { path, virtualSize, dataBytes, dataExtents, built: true };
   } finally {
     await rm(raw, { force: true });
     await rm(partial, { force: true });

@@ -5,42 +5,46 @@
  * - virtnbd: our CLI (bin/virtnbdrestore on dist/, compiled first), the
  *   whole command timed: qemu-img create, our qemu-nbd, writing, closing
  *   and fsyncing the image;
+ * - virtnbd (16 GiB): ours on the set of the 16 GiB bench disk (same data,
+ *   larger virtual size), to show its peak RSS is the 4 GiB one's (+-10%);
  * - virtnbdrestore: Debian's package, the same command;
  * - nbdcopy: from the bench disk as a sparse raw file into a new qcow2
  *   (qemu-img create, untimed) served by qemu-nbd with its default cache,
  *   with --flush, as the limit: it writes the same data extents and
  *   nothing else.
  *
- * The set is made once by Debian's virtnbdbackup from the bench VM and
- * cached under BENCH_DIR/restore-set/ while the bench disk is the same.
+ * The sets are made once by Debian's virtnbdbackup from a bench VM and
+ * cached under BENCH_DIR/restore-set/ (restore-set16/ for the 16 GiB disk)
+ * while the bench disk is the same.
  * One untimed pass checks that each tool's image equals the bench disk
  * (`qemu-img compare`).
  */
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { loadavg } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { BENCH_DIR, benchDisk, type BenchDisk } from './disk.js';
+import { join } from 'node:path';
+import { BENCH_DIR, benchDisk, benchDiskName, type BenchDisk } from './disk.js';
+import { buildDist, REPO } from './dist.js';
 import { run, stopPidFile } from './exec.js';
 import type { BenchResult, BenchRow } from './report.js';
 import { roundRows, runRounds, type Contender } from './rounds.js';
 import { startBenchVm } from './vm.js';
 
-const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const MB = 1e6;
+const GiB = 1024 ** 3;
 
 export interface RestoreBenchOptions {
   rounds: number;
   log: (msg: string) => void;
 }
 
-/** The full backup set (Debian's virtnbdbackup of the bench VM), built once. */
+/** The full backup set (Debian's virtnbdbackup of a VM on `disk`), built once. */
 async function restoreSet(disk: BenchDisk, log: (m: string) => void): Promise<string> {
-  const root = join(BENCH_DIR, 'restore-set');
+  const name = benchDiskName(disk.virtualSize);
+  const root = join(BENCH_DIR, name.replace(/^bench/, 'restore-set'));
   const set = join(root, 'set');
   const stamp = join(root, 'source.json');
-  const source = await readFile(join(BENCH_DIR, 'bench.json'), 'utf8');
+  const source = await readFile(join(BENCH_DIR, `${name}.json`), 'utf8');
   if (existsSync(stamp) && (await readFile(stamp, 'utf8')) === source) return set;
   log(`building the restore bench set in ${set} (Debian virtnbdbackup full of the bench VM)`);
   await rm(root, { recursive: true, force: true });
@@ -84,12 +88,14 @@ export async function benchRestore(opts: RestoreBenchOptions): Promise<BenchResu
   const loadBefore = loadavg();
   const disk = await benchDisk(log);
   const set = await restoreSet(disk, log);
-  log('building dist/ (npm run build)');
-  await run(process.execPath, [join(REPO, 'node_modules/typescript/bin/tsc'), '-p', join(REPO, 'tsconfig.json')], { cwd: REPO, timeoutMs: 600_000 });
+  const disk16 = await benchDisk(log, 16 * GiB);
+  const set16 = await restoreSet(disk16, log);
+  await buildDist(log);
   const dir = await mkdtemp(join(BENCH_DIR, 'restore-'));
   const ours = join(REPO, 'bin/virtnbdrestore');
   const all: Contender[] = [
     { name: 'virtnbd', command: (out) => ({ cmd: ours, args: ['-i', set, '-o', out, '-n'] }) },
+    { name: 'virtnbd (16 GiB)', command: (out) => ({ cmd: ours, args: ['-i', set16, '-o', out, '-n'] }) },
     { name: 'virtnbdrestore', command: (out) => ({ cmd: 'virtnbdrestore', args: ['-i', set, '-o', out, '-n'] }) },
     nbdcopyTarget(disk, dir),
   ];
@@ -102,7 +108,8 @@ export async function benchRestore(opts: RestoreBenchOptions): Promise<BenchResu
     const outcome = async (c: Contender, out: string): Promise<number> => {
       const image = await restoredImage(out);
       if (!same.has(c.name)) {
-        same.set(c.name, await run('qemu-img', ['compare', '-q', disk.path, image], { timeoutMs: 600_000 }).then(() => true, () => false));
+        const source = c.name === 'virtnbd (16 GiB)' ? disk16 : disk;
+        same.set(c.name, await run('qemu-img', ['compare', '-q', source.path, image], { timeoutMs: 600_000 }).then(() => true, () => false));
       }
       return (await stat(image)).blocks * 512;
     };
@@ -111,7 +118,8 @@ export async function benchRestore(opts: RestoreBenchOptions): Promise<BenchResu
     const row = (name: string): BenchRow => rows.find((r) => r.name === name) as BenchRow;
     const vsNbdcopy = row('virtnbd').medianMs / row('nbdcopy').medianMs;
     const speedup = row('virtnbdrestore').medianMs / row('virtnbd').medianMs;
-    const rss = row('virtnbd').peakRssBytes;
+    const rss = Math.max(row('virtnbd').peakRssBytes, row('virtnbd (16 GiB)').peakRssBytes);
+    const rss16 = row('virtnbd (16 GiB)').peakRssBytes / row('virtnbd').peakRssBytes - 1;
     return {
       bench: 'restore',
       rows,
@@ -119,10 +127,12 @@ export async function benchRestore(opts: RestoreBenchOptions): Promise<BenchResu
         { what: 'restore time virtnbd/nbdcopy', value: vsNbdcopy, limit: 1.3, unit: 'x', ok: vsNbdcopy <= 1.3 },
         { what: 'restore speed-up over virtnbdrestore', value: speedup, limit: 1.8, unit: 'x', ok: speedup >= 1.8 },
         { what: 'peak RSS virtnbd', value: rss / MB, limit: 100, unit: 'MB', ok: rss <= 100 * MB },
+        { what: 'peak RSS virtnbd restore, 16 GiB vs 4 GiB disk', value: rss16 * 100, limit: 10, unit: '%', ok: Math.abs(rss16) <= 0.1 },
       ],
       info: {
         disk: `${disk.path} (${disk.virtualSize} bytes virtual, ${disk.dataBytes} data bytes in ${disk.dataExtents} extents)`,
         set,
+        'set (16 GiB)': set16,
         rounds: opts.rounds,
         'ratio virtnbd / nbdcopy (medians)': Number(vsNbdcopy.toFixed(3)),
         'ratio virtnbdrestore / virtnbd': Number(speedup.toFixed(3)),

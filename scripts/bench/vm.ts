@@ -5,6 +5,9 @@
  * spends no CPU the tools under test would miss. Also a pull-mode backup
  * job started with virsh, for the tools that only read an NBD export
  * (nbdcopy). Everything is removed by stop().
+ * Incremental rounds also need checkpoints removed for real (bitmaps too:
+ * a full backup makes a new virtnbdbackup.0, whose bitmap must not exist)
+ * and the QOM path of vda, where scripts/bench/dirty.ts writes.
  */
 import { copyFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -16,10 +19,14 @@ export interface BenchVm {
   image: string;
   /** Removes every checkpoint libvirt holds for the domain (metadata only). */
   dropCheckpoints(): Promise<void>;
+  /** Deletes every checkpoint of the running domain with its bitmaps. */
+  deleteCheckpoints(): Promise<void>;
+  /** QOM path of vda's block backend (`/machine/peripheral/<alias>/virtio-backend`), for HMP `qemu-io -d`. */
+  qomPath(): Promise<string>;
   stop(): Promise<void>;
 }
 
-const virsh = (args: string[]): Promise<{ stdout: string }> => run('virsh', ['-c', 'qemu:///system', ...args]);
+export const virsh = (args: string[]): Promise<{ stdout: string }> => run('virsh', ['-c', 'qemu:///system', ...args]);
 
 function domainXml(name: string, image: string): string {
   return `<domain type='qemu'>
@@ -39,18 +46,21 @@ function domainXml(name: string, image: string): string {
 `;
 }
 
-/** Define and start (paused) a VM on a copy of `disk` under `dir`. */
-export async function startBenchVm(disk: string, dir: string, log: (m: string) => void): Promise<BenchVm> {
-  const name = `virtnbd-bench-${process.pid}`;
-  const image = join(dir, 'vm-vda.qcow2');
+/** Define and start (paused) a VM on a copy of `disk` under `dir`; `tag` tells apart VMs of one process. */
+export async function startBenchVm(disk: string, dir: string, log: (m: string) => void, tag = ''): Promise<BenchVm> {
+  const name = `virtnbd-bench-${process.pid}${tag && `-${tag}`}`;
+  const image = join(dir, `vm-${tag && `${tag}-`}vda.qcow2`);
   log(`copying the bench disk for VM ${name}`);
   await copyFile(disk, image);
-  const xml = join(dir, 'domain.xml');
+  const xml = join(dir, `domain${tag && `-${tag}`}.xml`);
   await writeFile(xml, domainXml(name, image));
   await virsh(['define', xml]);
-  const dropCheckpoints = async (): Promise<void> => {
+  const checkpoints = async (): Promise<string[]> => {
     const { stdout } = await virsh(['checkpoint-list', name, '--name', '--topological']).catch(() => ({ stdout: '' }));
-    for (const cp of stdout.split('\n').map((l) => l.trim()).filter(Boolean).reverse()) {
+    return stdout.split('\n').map((l) => l.trim()).filter(Boolean);
+  };
+  const dropCheckpoints = async (): Promise<void> => {
+    for (const cp of (await checkpoints()).reverse()) {
       await virsh(['checkpoint-delete', name, cp, '--metadata']).catch(() => undefined);
     }
   };
@@ -58,6 +68,17 @@ export async function startBenchVm(disk: string, dir: string, log: (m: string) =
     name,
     image,
     dropCheckpoints,
+    async deleteCheckpoints() {
+      // Leaves first: no delete has children to re-parent.
+      for (const cp of (await checkpoints()).reverse()) await virsh(['checkpoint-delete', name, cp]);
+    },
+    async qomPath() {
+      const { stdout } = await virsh(['dumpxml', name]);
+      const disk = stdout.split('</disk>').find((d) => /<target dev='vda'/.test(d));
+      const alias = disk && /<alias name='([^']+)'/.exec(disk)?.[1];
+      if (!alias) throw new Error(`VM ${name}: no device alias for vda; is it running?`);
+      return `/machine/peripheral/${alias}/virtio-backend`;
+    },
     async stop() {
       await virsh(['domjobabort', name]).catch(() => undefined);
       await virsh(['destroy', name]).catch(() => undefined);
@@ -84,6 +105,31 @@ export async function beginPullJob(vm: BenchVm, socket: string, dir: string): Pr
     `<domainbackup mode='pull'><server transport='unix' socket='${socket}'/><disks><disk name='vda' backup='yes' type='file'><scratch file='${scratch}'/></disk></disks></domainbackup>\n`,
   );
   await virsh(['backup-begin', vm.name, xml]);
+}
+
+/**
+ * An incremental pull-mode job since checkpoint `since` that also creates
+ * checkpoint `next`, as an incremental backup does; written as the two XML
+ * files `virsh backup-begin` takes. The export is `vda` on `socket`, its
+ * dirty bitmap the meta context `qemu:dirty-bitmap:backup-vda`.
+ */
+export async function incrementalJobXml(dir: string, socket: string, since: string, next: string): Promise<{ backup: string; checkpoint: string }> {
+  const backup = join(dir, 'backup-inc.xml');
+  const checkpoint = join(dir, 'checkpoint-inc.xml');
+  const scratch = join(dir, 'scratch-inc-vda.qcow2');
+  await writeFile(
+    backup,
+    `<domainbackup mode='pull'><incremental>${since}</incremental><server transport='unix' socket='${socket}'/><disks><disk name='vda' backup='yes' type='file'><scratch file='${scratch}'/></disk></disks></domainbackup>\n`,
+  );
+  await writeFile(checkpoint, `<domaincheckpoint><name>${next}</name><disks><disk name='vda' checkpoint='bitmap'/></disks></domaincheckpoint>\n`);
+  return { backup, checkpoint };
+}
+
+/** A checkpoint of vda outside any job (the limit's stand-in for a full backup's). */
+export async function createCheckpoint(vm: BenchVm, dir: string, name: string): Promise<void> {
+  const xml = join(dir, `checkpoint-${name}.xml`);
+  await writeFile(xml, `<domaincheckpoint><name>${name}</name><disks><disk name='vda' checkpoint='bitmap'/></disks></domaincheckpoint>\n`);
+  await virsh(['checkpoint-create', vm.name, xml]);
 }
 
 export async function endJob(vm: BenchVm): Promise<void> {
