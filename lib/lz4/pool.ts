@@ -91,10 +91,11 @@ export class Lz4WorkerPool {
    * buffer of its own that recycle() takes back once written. So no whole
    * frame is ever in memory. The job's end() resolves after the last part.
    */
-  compressParts(contentSize: number, onPart: (part: Buffer, last: boolean) => void): Lz4CompressJob {
+  compressParts(contentSize: number, onPart: (part: Buffer, last: boolean) => void, partContent = SLOT_SIZE): Lz4CompressJob {
     if (!Number.isSafeInteger(contentSize) || contentSize < 0) throw new RangeError(`bad LZ4 content size ${contentSize}`);
     const worker = this.pick();
-    const slotCapacity = SLOT_SIZE - (SLOT_SIZE % this.blockSize);
+    const capacity = Math.min(SLOT_SIZE, Math.max(partContent, this.blockSize));
+    const slotCapacity = capacity - (capacity % this.blockSize);
     return new Lz4CompressJob(worker, this.nextId++, contentSize, slotCapacity, undefined, this.outputs, { blockSize: this.blockSize, onPart });
   }
 

@@ -14,16 +14,23 @@ export class Lz4WorkerError extends Error {
 }
 
 /**
+ * The worker's heap: it holds a block encoder's hash table and a few
+ * message objects; its data lives in shared buffers. A small young
+ * generation keeps the isolate from growing a main-thread-sized heap.
+ */
+const WORKER_LIMITS = { maxYoungGenerationSizeMb: 2 };
+
+/**
  * Start worker.js next to this file. Run from the TypeScript sources (tsx,
  * as the tests and scripts do), the sibling is worker.ts and worker threads
  * do not inherit tsx's loader: a two-line bootstrap registers it first.
  */
 function startWorker(setup: WorkerSetup): Worker {
-  if (!import.meta.url.endsWith('.ts')) return new Worker(new URL('./worker.js', import.meta.url), { workerData: setup });
+  if (!import.meta.url.endsWith('.ts')) return new Worker(new URL('./worker.js', import.meta.url), { workerData: setup, resourceLimits: WORKER_LIMITS });
   const tsx = import.meta.resolve('tsx/esm/api');
   const entry = new URL('./worker.ts', import.meta.url).href;
   const bootstrap = `import(${JSON.stringify(tsx)}).then((api) => { api.register(); return import(${JSON.stringify(entry)}); });`;
-  return new Worker(bootstrap, { eval: true, workerData: setup });
+  return new Worker(bootstrap, { eval: true, workerData: setup, resourceLimits: WORKER_LIMITS });
 }
 
 function errorFrom(failure: WorkerFailure): Error {
