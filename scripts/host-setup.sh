@@ -9,7 +9,7 @@ say() { echo "host-setup: $*"; }
 PACKAGES=(
   qemu-utils qemu-system-x86 libvirt-daemon-system libvirt-clients
   nbdkit libnbd-bin python3-libnbd virtnbdbackup ovmf openssh-server gnuplot-nox
-  e2fsprogs sasl2-bin libsasl2-modules openssl
+  e2fsprogs sasl2-bin libsasl2-modules openssl wabt
 )
 
 missing=()

@@ -1,9 +1,14 @@
 import test from 'ava';
 import { execFile } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Adler32, ChecksumFileError, adler32, formatChecksumFile, parseChecksumFile } from '../lib/format/adler32.js';
+import { ADLER32_WASM } from '../lib/format/adler32Wasm.js';
 import { ChecksumTap } from '../streams/ChecksumTap.js';
 
 /** zlib's adler32 of `data`, computed by python3 (the checksum virtnbdbackup writes). */
@@ -43,6 +48,9 @@ const cases: Array<[string, () => Buffer]> = [
   ['5551 random bytes', () => randomBytes(5551)],
   ['5552 bytes of 0xff', () => Buffer.alloc(5552, 0xff)],
   ['5553 bytes of 0xff', () => Buffer.alloc(5553, 0xff)],
+  // The WebAssembly path: runs of 5536 bytes, slices of 1 MiB, a view at an odd offset.
+  ['5536 + 15 bytes of 0xff', () => Buffer.alloc(5536 + 15, 0xff)],
+  ['1 MiB + 31 bytes of 0xff at an odd offset', () => Buffer.alloc(1024 * 1024 + 40, 0xff).subarray(9)],
   ['3 MiB of 0xff', () => Buffer.alloc(3 * 1024 * 1024, 0xff)],
   ['4 MiB + 17 random bytes', () => randomBytes(4 * 1024 * 1024 + 17)],
 ];
@@ -117,4 +125,11 @@ test('chksum file content that is not a checksum is a typed error naming the fil
   }
   t.throws(() => formatChecksumFile(-1), { instanceOf: RangeError });
   t.throws(() => formatChecksumFile(2 ** 32), { instanceOf: RangeError });
+});
+
+test('the embedded WebAssembly is the one lib/format/wasm/adler32.wat builds (scripts/build-wasm.sh)', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'virtnbd-wasm-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  await promisify(execFile)('wat2wasm', [join(import.meta.dirname, '../lib/format/wasm/adler32.wat'), '-o', join(dir, 'a.wasm')]);
+  t.is(ADLER32_WASM, (await readFile(join(dir, 'a.wasm'))).toString('base64'));
 });

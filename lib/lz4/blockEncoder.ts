@@ -26,11 +26,13 @@ const MAX_OFFSET = 65535;
 /** Misses before the search step grows by one. */
 const SKIP_TRIGGER = 6;
 /**
- * Up to 2^16 table entries: on 4 MiB blocks 5% smaller output than 2^12 and
- * no slower (fewer false candidates). Smaller blocks use fewer entries, so
+ * Up to 2^12 table entries, as the LZ4 reference library (16 KiB: the table
+ * stays in L1). Measured on a tar of /usr/lib in 1 MiB blocks: 1.3-2x the
+ * speed of 2^16 entries, output 6% larger than with them and within 0.2% of
+ * python-lz4's (virtnbdbackup's) size. Smaller blocks use fewer entries, so
  * clearing the table never costs more than a quarter of the block's bytes.
  */
-const MAX_HASH_LOG = 16;
+const MAX_HASH_LOG = 12;
 const MIN_HASH_LOG = 8;
 const HASH_MULTIPLIER = 0x9e3779b1 | 0;
 const HASH_MULTIPLIER_5 = 0x85ebca77 | 0;
