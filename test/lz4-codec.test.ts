@@ -98,7 +98,7 @@ for (const [name, make] of cases) {
     const data = make();
     const frame = await pool.compressFrame(data);
     const descriptor = parseLz4FrameDescriptor(frame);
-    t.like(descriptor, { blockIndependence: true, blockChecksum: true, contentChecksum: true, contentSize: data.length, blockMaxSize: 4 * MiB });
+    t.like(descriptor, { blockIndependence: true, blockChecksum: true, contentChecksum: true, contentSize: data.length, blockMaxSize: MiB });
     t.true(compressLz4Frame(data).equals(frame), 'the worker and the synchronous encoder write the same bytes');
     t.true((await pool.decompressFrame(frame)).equals(data), 'our decoder (worker)');
     t.true(decompressLz4Frame(frame).equals(data), 'our decoder (synchronous)');
@@ -164,7 +164,7 @@ test('blocks keep the end-of-block rules: last 5 bytes literals, last match at l
 });
 
 test('incompressible blocks are stored raw, compressible ones compressed, each checksummed', async (t) => {
-  const data = Buffer.concat([randomBytes(4 * MiB), text(4 * MiB), randomBytes(100)]);
+  const data = Buffer.concat([randomBytes(MiB), text(MiB), randomBytes(100)]);
   const frame = await pool.compressFrame(data);
   const sizes: Array<{ raw: boolean; size: number }> = [];
   let at = 15;
@@ -177,8 +177,8 @@ test('incompressible blocks are stored raw, compressible ones compressed, each c
     at += 4 + size + 4;
   }
   t.deepEqual(sizes.map((s) => s.raw), [true, false, true]);
-  t.is(sizes[0]!.size, 4 * MiB);
-  t.true(sizes[1]!.size < 3 * MiB);
+  t.is(sizes[0]!.size, MiB);
+  t.true(sizes[1]!.size < 0.75 * MiB);
   t.is(frame.readUInt32LE(at + 4), xxh32(data), 'content checksum');
   t.is(at + 8, frame.length);
 });
