@@ -83,9 +83,9 @@ if [ -f node_modules/.package-lock.json ] && [ node_modules/.package-lock.json -
 else
   timed "npm ci (includes the build)" quiet npm-ci.log npm ci --no-audit --no-fund --loglevel=error
 fi
-# npm ci builds (prepare = tsc); build again only if sources are newer than dist/.
-if [ ! -f dist/lib/cli/virtnbdbackup.js ] || [ -n "$(find lib streams -name '*.ts' -newer dist/lib/cli/virtnbdbackup.js | head -n 1)" ]; then
-  timed "build (tsc)" quiet build.log npx tsc -p tsconfig.json
+# npm ci builds (prepare = tsc + bundle); build again only if sources are newer than the bundle.
+if [ ! -f dist/bundle/virtnbdbackup.js ] || [ -n "$(find lib streams -name '*.ts' -newer dist/bundle/virtnbdbackup.js | head -n 1)" ]; then
+  timed "build (tsc, bundle)" quiet build.log npm run build
 fi
 ./bin/virtnbdbackup --version
 
