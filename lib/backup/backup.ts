@@ -57,7 +57,7 @@ import { planBackup, type BackupPlan, type DiskTarget, type Level, type OutputTy
 import { RecordingLogger, type BackupLogger } from './log.js';
 import { DirectoryOutput, type SetOutput } from './output.js';
 import { runPool } from './pool.js';
-import { saveSetFiles } from './setFiles.js';
+import { prefetchImageInfo, saveSetFiles } from './setFiles.js';
 
 /** What to back up and how: the fields of virtnbdbackup's command line the run uses. */
 export interface BackupRequest {
@@ -495,6 +495,7 @@ async function runJob(domain: Domain, plan: BackupPlan, s: RunState): Promise<Ba
         },
         log,
       );
+  const imageInfo = prefetchImageInfo(plan.targets, s.files);
   let output: SetOutput | undefined;
   const savedFiles: string[] = [];
   /** `<domain>.cpt` before this run changed it (null: not changed). */
@@ -534,6 +535,7 @@ async function runJob(domain: Domain, plan: BackupPlan, s: RunState): Promise<Ba
       output: out,
       log,
       files: s.files,
+      imageInfo,
     });
     if (s.agent) await saveOsInfo(s.agent, plan.ident, out, log);
     await jobEnded;

@@ -40,6 +40,25 @@ export interface SetFilesSpec {
   log: BackupLogger;
   /** The hypervisor's files (default this host's). */
   files?: HostFiles;
+  /** `qemu-img info` of disk images, started earlier (prefetchImageInfo), by path. */
+  imageInfo?: ReadonlyMap<string, Promise<string>>;
+}
+
+/**
+ * Start `qemu-img info` of each disk image whose information the set keeps,
+ * while the disks are copied: spawning qemu-img at the end cost an
+ * incremental backup ~0.1 s of its ~1 s. Failures surface when awaited.
+ */
+export function prefetchImageInfo(targets: readonly DiskTarget[], files: HostFiles): Map<string, Promise<string>> {
+  const info = new Map<string, Promise<string>>();
+  for (const target of targets) {
+    const path = target.disk.path;
+    if (target.qcowInfoFile === undefined || path === undefined || info.has(path)) continue;
+    const pending = files.qemuImageInfo(path);
+    pending.catch(() => undefined);
+    info.set(path, pending);
+  }
+  return info;
 }
 
 /** `qemu-img info` of an image a running VM has open. */
@@ -80,7 +99,7 @@ export async function saveSetFiles(spec: SetFilesSpec): Promise<void> {
       continue;
     }
     try {
-      await output.writeFile(target.qcowInfoFile, await files.qemuImageInfo(path));
+      await output.writeFile(target.qcowInfoFile, await (spec.imageInfo?.get(path) ?? files.qemuImageInfo(path)));
       log.info(`Saved qcow image config to: [${target.qcowInfoFile}]`);
     } catch (e) {
       log.warn(`Cannot save image information of disk ${target.disk.target} (${path}${where}): ${messageOf(e)}`);
