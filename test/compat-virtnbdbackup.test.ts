@@ -18,7 +18,7 @@ import type { StreamMetadata } from '../lib/format/metadata.js';
 import { checksumFileName, parseDataFileName } from '../lib/format/naming.js';
 import { formatChecksumFile } from '../lib/format/adler32.js';
 import { SparseParser } from '../streams/SparseParser.js';
-import { SparseFramer } from '../streams/SparseFramer.js';
+import { DEFAULT_MAX_REQUEST_SIZE, SparseFramer } from '../streams/SparseFramer.js';
 import { Lz4Compress } from '../streams/Lz4Compress.js';
 import { Lz4Decompress } from '../streams/Lz4Decompress.js';
 import { ChecksumTap } from '../streams/ChecksumTap.js';
@@ -133,7 +133,8 @@ test('Debian virtnbdbackup sets are read, reframed byte for byte, and our files 
       createReadStream(join(plain, f)),
       new SparseParser(),
       new Lz4Decompress(),
-      new Lz4Compress(),
+      // Pieces gathered into maxRequestSize units, as a backup does: the parser's pieces follow its input's cuts.
+      new Lz4Compress({ unitSize: DEFAULT_MAX_REQUEST_SIZE }),
       new SparseFramer({ metadata: { ...metadata, compressed: 2 } }),
       tap,
       new FileSink(join(ours, f)),
