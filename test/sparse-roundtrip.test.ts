@@ -462,7 +462,8 @@ test('with nobody reading, each stage soon refuses more input', async (t) => {
 
   const parser = new SparseParser({ maxPieceSize: 16 * KiB });
   const parsed = writeUntilFull(parser, slices);
-  t.true(parsed < 8, `parser took ${parsed} of ${slices.length} slices`);
+  // A slice may yield two pieces (one cut at an aligned offset, one joined across slices), so a few more slices fit.
+  t.true(parsed < 12, `parser took ${parsed} of ${slices.length} slices`);
   t.true(parser.readableLength <= 3);
   parser.destroy();
 
