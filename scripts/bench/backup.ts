@@ -17,15 +17,16 @@
  * after its round. Reported: medians, peak RSS (the kernel's, of the whole
  * process tree), output sizes and the compression ratio of both -z runs.
  */
-import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
-import { BENCH_DIR, benchDisk } from './disk.js';
+import { benchDisk } from './disk.js';
 import { buildDist, REPO } from './dist.js';
 import { run } from './exec.js';
 import type { BenchResult, BenchRow } from './report.js';
 import { roundRows, runRounds, type Contender } from './rounds.js';
 import { beginPullJob, endJob, startBenchVm, type BenchVm } from './vm.js';
+import { inBenchWorkdir, runFacts } from './workdir.js';
 
 const MB = 1e6;
 const GiB = 1024 ** 3;
@@ -66,22 +67,9 @@ export async function benchBackup(opts: BackupBenchOptions): Promise<BenchResult
   const disk = await benchDisk(log);
   const disk16 = await benchDisk(log, 16 * GiB);
   await buildDist(log);
-  const dir = await mkdtemp(join(BENCH_DIR, 'backup-'));
-  let vm: BenchVm | undefined;
-  let vm16: BenchVm | undefined;
-  const cleanUp = async (): Promise<void> => {
-    await vm?.stop();
-    vm = undefined;
-    await vm16?.stop();
-    vm16 = undefined;
-    await rm(dir, { recursive: true, force: true });
-  };
-  const onSignal = (): void => void cleanUp().finally(() => process.exit(130));
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-  try {
-    vm = await startBenchVm(disk.path, dir, log);
-    vm16 = await startBenchVm(disk16.path, dir, log, '16g');
+  return inBenchWorkdir('backup', async ({ dir, track }) => {
+    const vm = track(await startBenchVm(disk.path, dir, log));
+    const vm16 = track(await startBenchVm(disk16.path, dir, log, '16g'));
     const all = contenders(vm, vm16, dir);
     const runs = await runRounds(all, { rounds: opts.rounds, dir, outcome: (_c, out) => dataFileSize(out), log });
     const rows = roundRows(all, runs, (cmd) => (cmd === join(REPO, 'bin/virtnbdbackup') ? './bin/virtnbdbackup' : cmd));
@@ -121,14 +109,8 @@ export async function benchBackup(opts: BackupBenchOptions): Promise<BenchResult
         'compressed size / data, virtnbd': Number(ratioZ.toFixed(4)),
         'compressed size / data, virtnbdbackup': Number(peerRatioZ.toFixed(4)),
         'virtnbdbackup version': (await run('virtnbdbackup', ['-V']).catch(() => ({ stdout: '?' }))).stdout.trim(),
-        'load average before': loadBefore.map((x) => x.toFixed(2)).join(' '),
-        'load average after': loadavg().map((x) => x.toFixed(2)).join(' '),
-        node: process.version,
+        ...runFacts(loadBefore),
       },
     };
-  } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-    await cleanUp();
-  }
+  });
 }

@@ -11,15 +11,15 @@
  * Targets: >= 3x faster than virtnbdbackup -z, our ratio within 5% of its,
  * peak RSS <= 100 MB.
  */
-import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
-import { BENCH_DIR } from './disk.js';
 import { buildDist, REPO } from './dist.js';
 import type { BenchResult, BenchRow } from './report.js';
 import { roundRows, runRounds, type Contender } from './rounds.js';
 import { tarDisk } from './tar-disk.js';
-import { startBenchVm, type BenchVm } from './vm.js';
+import { startBenchVm } from './vm.js';
+import { inBenchWorkdir, runFacts } from './workdir.js';
 
 const MB = 1e6;
 
@@ -39,18 +39,8 @@ export async function benchCompress(opts: CompressBenchOptions): Promise<BenchRe
   const loadBefore = loadavg();
   const disk = await tarDisk(log);
   await buildDist(log);
-  const dir = await mkdtemp(join(BENCH_DIR, 'compress-'));
-  let vm: BenchVm | undefined;
-  const cleanUp = async (): Promise<void> => {
-    await vm?.stop();
-    vm = undefined;
-    await rm(dir, { recursive: true, force: true });
-  };
-  const onSignal = (): void => void cleanUp().finally(() => process.exit(130));
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-  try {
-    vm = await startBenchVm(disk.path, dir, log, 'usrlib');
+  return inBenchWorkdir('compress', async ({ dir, track }) => {
+    const vm = track(await startBenchVm(disk.path, dir, log, 'usrlib'));
     const name = vm.name;
     const ours = join(REPO, 'bin/virtnbdbackup');
     const all: Contender[] = [
@@ -81,14 +71,8 @@ export async function benchCompress(opts: CompressBenchOptions): Promise<BenchRe
         'ratio virtnbdbackup -z / virtnbd -z': Number(speedup.toFixed(3)),
         'compressed size / data, virtnbd': Number(ratio.toFixed(4)),
         'compressed size / data, virtnbdbackup': Number(peerRatio.toFixed(4)),
-        'load average before': loadBefore.map((x) => x.toFixed(2)).join(' '),
-        'load average after': loadavg().map((x) => x.toFixed(2)).join(' '),
-        node: process.version,
+        ...runFacts(loadBefore),
       },
     };
-  } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-    await cleanUp();
-  }
+  });
 }

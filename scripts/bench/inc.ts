@@ -21,16 +21,17 @@
  * Own bytes: the incremental data file's size; for the limit, the bytes its
  * sparse file allocates.
  */
-import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
-import { BENCH_DIR, benchDisk } from './disk.js';
+import { benchDisk } from './disk.js';
 import { DIRTY_BLOCK, dirtyDisk, dirtyOffsets } from './dirty.js';
 import { buildDist, REPO } from './dist.js';
 import { run } from './exec.js';
 import type { BenchResult, BenchRow } from './report.js';
 import { roundRows, runRounds, type Contender } from './rounds.js';
 import { createCheckpoint, endJob, incrementalJobXml, startBenchVm, type BenchVm } from './vm.js';
+import { inBenchWorkdir, runFacts } from './workdir.js';
 
 const MB = 1e6;
 const CONTEXT = 'qemu:dirty-bitmap:backup-vda';
@@ -92,18 +93,8 @@ export async function benchInc(opts: IncBenchOptions): Promise<BenchResult> {
   await buildDist(log);
   const offsets = dirtyOffsets(disk.virtualSize);
   const dirtyBytes = offsets.length * DIRTY_BLOCK;
-  const dir = await mkdtemp(join(BENCH_DIR, 'inc-'));
-  let vm: BenchVm | undefined;
-  const cleanUp = async (): Promise<void> => {
-    await vm?.stop();
-    vm = undefined;
-    await rm(dir, { recursive: true, force: true });
-  };
-  const onSignal = (): void => void cleanUp().finally(() => process.exit(130));
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-  try {
-    vm = await startBenchVm(disk.path, dir, log);
+  return inBenchWorkdir('inc', async ({ dir, track }) => {
+    const vm = track(await startBenchVm(disk.path, dir, log));
     const all = await contenders(vm, dir, offsets);
     const runs = await runRounds(all, { rounds: opts.rounds, dir, outcome: (_c, out) => incrementalSize(out), log });
     const rows = roundRows(all, runs, (cmd) => (cmd === join(REPO, 'bin/virtnbdbackup') ? './bin/virtnbdbackup' : cmd)).map((r) =>
@@ -127,14 +118,8 @@ export async function benchInc(opts: IncBenchOptions): Promise<BenchResult> {
         rounds: opts.rounds,
         'ratio virtnbd inc / dirty read (medians)': Number(vsLimit.toFixed(3)),
         'ratio virtnbdbackup inc / virtnbd inc': Number(speedup.toFixed(3)),
-        'load average before': loadBefore.map((x) => x.toFixed(2)).join(' '),
-        'load average after': loadavg().map((x) => x.toFixed(2)).join(' '),
-        node: process.version,
+        ...runFacts(loadBefore),
       },
     };
-  } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-    await cleanUp();
-  }
+  });
 }

@@ -20,7 +20,7 @@
  * (`qemu-img compare`).
  */
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { BENCH_DIR, benchDisk, benchDiskName, type BenchDisk } from './disk.js';
@@ -29,6 +29,7 @@ import { run, stopPidFile } from './exec.js';
 import type { BenchResult, BenchRow } from './report.js';
 import { roundRows, runRounds, type Contender } from './rounds.js';
 import { startBenchVm } from './vm.js';
+import { inBenchWorkdir, runFacts } from './workdir.js';
 
 const MB = 1e6;
 const GiB = 1024 ** 3;
@@ -91,18 +92,14 @@ export async function benchRestore(opts: RestoreBenchOptions): Promise<BenchResu
   const disk16 = await benchDisk(log, 16 * GiB);
   const set16 = await restoreSet(disk16, log);
   await buildDist(log);
-  const dir = await mkdtemp(join(BENCH_DIR, 'restore-'));
   const ours = join(REPO, 'bin/virtnbdrestore');
-  const all: Contender[] = [
-    { name: 'virtnbd', command: (out) => ({ cmd: ours, args: ['-i', set, '-o', out, '-n'] }) },
-    { name: 'virtnbd (16 GiB)', command: (out) => ({ cmd: ours, args: ['-i', set16, '-o', out, '-n'] }) },
-    { name: 'virtnbdrestore', command: (out) => ({ cmd: 'virtnbdrestore', args: ['-i', set, '-o', out, '-n'] }) },
-    nbdcopyTarget(disk, dir),
-  ];
-  const onSignal = (): void => void rm(dir, { recursive: true, force: true }).finally(() => process.exit(130));
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-  try {
+  return inBenchWorkdir('restore', async ({ dir }) => {
+    const all: Contender[] = [
+      { name: 'virtnbd', command: (out) => ({ cmd: ours, args: ['-i', set, '-o', out, '-n'] }) },
+      { name: 'virtnbd (16 GiB)', command: (out) => ({ cmd: ours, args: ['-i', set16, '-o', out, '-n'] }) },
+      { name: 'virtnbdrestore', command: (out) => ({ cmd: 'virtnbdrestore', args: ['-i', set, '-o', out, '-n'] }) },
+      nbdcopyTarget(disk, dir),
+    ];
     const same = new Map<string, boolean>();
     // The size reported is what the restored image allocates; the first image of each tool is compared with the disk.
     const outcome = async (c: Contender, out: string): Promise<number> => {
@@ -138,14 +135,8 @@ export async function benchRestore(opts: RestoreBenchOptions): Promise<BenchResu
         'ratio virtnbdrestore / virtnbd': Number(speedup.toFixed(3)),
         'images equal the bench disk (qemu-img compare)': [...same].map(([k, v]) => `${k} ${v ? 'yes' : 'NO'}`).join(', '),
         'own bytes column': 'bytes allocated by the restored image',
-        'load average before': loadBefore.map((x) => x.toFixed(2)).join(' '),
-        'load average after': loadavg().map((x) => x.toFixed(2)).join(' '),
-        node: process.version,
+        ...runFacts(loadBefore),
       },
     };
-  } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-    await rm(dir, { recursive: true, force: true });
-  }
+  });
 }
