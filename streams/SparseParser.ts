@@ -59,6 +59,12 @@ export interface SparseParserOptions {
    * `lz4` releases it when done (NbdWriter's onWritten, Lz4Decompress).
    */
   loans?: BufferLoans;
+  /**
+   * Emit each LZ4 frame in parts (`lz4More` on all but the last), cut where
+   * an input buffer ends, instead of gathering it whole (up to 32 MiB):
+   * for Lz4StreamDecompress.
+   */
+  lz4Parts?: boolean;
 }
 
 type State =
@@ -100,6 +106,9 @@ export class SparseParser extends Transform {
   private readonly maxMetadataSize: number;
   private readonly maxTrailerSize: number;
   private readonly loans: BufferLoans;
+  private readonly lz4Parts: boolean;
+  /** Bytes of the current LZ4 frame already emitted in parts. */
+  private lz4Emitted = 0;
   /** Pieces completed across two inputs (< PIECE_ALIGNMENT bytes) are copied into these, handed back with release(). */
   private readonly joins = new BufferLender(PIECE_ALIGNMENT, 16);
 
@@ -139,6 +148,7 @@ export class SparseParser extends Transform {
     this.maxMetadataSize = options.maxMetadataSize ?? 1024 * 1024;
     this.maxTrailerSize = options.maxTrailerSize ?? 64 * 1024 * 1024;
     this.loans = options.loans ?? NO_LOANS;
+    this.lz4Parts = options.lz4Parts ?? false;
     for (const [name, value] of Object.entries({
       maxPieceSize: this.maxPieceSize,
       maxLz4FrameSize: this.maxLz4FrameSize,
@@ -152,6 +162,7 @@ export class SparseParser extends Transform {
   override _transform(input: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
     try {
       this.consume(input);
+      if (this.lz4Parts && this.state === 'lz4Frame' && this.partsLength > 0) this.emitLz4Part();
       this.loans.release(input);
       callback();
     } catch (err) {
@@ -266,7 +277,7 @@ export class SparseParser extends Transform {
           }
           this.collect(input, at, take);
           at += take;
-          if (this.partsLength > this.maxLz4FrameSize) {
+          if (this.lz4Emitted + this.partsLength > this.maxLz4FrameSize) {
             throw new Lz4FormatError(
               this.here(),
               `LZ4 frame starting at byte ${this.lz4Start} is larger than maxLz4FrameSize ${this.maxLz4FrameSize}`,
@@ -469,9 +480,19 @@ export class SparseParser extends Transform {
     this.state = 'lz4Frame';
   }
 
+  /** The LZ4 frame's bytes so far, passed on as a part (the frame goes on in the next input). */
+  private emitLz4Part(): void {
+    const frame = this.data!;
+    const lz4 = this.takeParts();
+    this.lz4Emitted += lz4.length;
+    this.push({ offset: frame.span.offset, length: frame.span.length, lz4, frame: { ...frame.span }, lz4More: true } satisfies Chunk);
+  }
+
   private emitLz4Piece(): void {
     const frame = this.data!;
     const lz4 = this.takeParts();
+    const size = this.lz4Emitted + lz4.length;
+    this.lz4Emitted = 0;
     const declared = this.walker!.descriptor?.contentSize;
     if (declared !== undefined && declared > frame.span.length) {
       throw new Lz4FormatError(
@@ -480,7 +501,7 @@ export class SparseParser extends Transform {
       );
     }
     this.walker = undefined;
-    this.sizes.addPiece(lz4.length);
+    this.sizes.addPiece(size);
     this.state = 'lz4Next';
     this.push({ offset: frame.span.offset, length: frame.span.length, lz4, frame: { ...frame.span } } satisfies Chunk);
   }

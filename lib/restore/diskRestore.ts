@@ -4,7 +4,7 @@
  * qemu-nbd of ours on a unix socket in a private directory, written through
  * our NBD client. Each data file is applied by the pipeline
  *
- *     bytes -> ChecksumTap -> SparseParser -> Lz4Decompress -> ProgressTap -> NbdWriter
+ *     bytes -> ChecksumTap -> SparseParser -> Lz4StreamDecompress -> ProgressTap -> NbdWriter
  *
  * On the fresh image zero frames and unallocated ranges are simply not
  * written (the new qcow2 reads as zero there and stays thin); later files
@@ -39,7 +39,7 @@ import { RemoteQemuNbd } from '../remote/remoteQemuNbd.js';
 import type { RemoteImageServer } from './target.js';
 import { SshHostFiles } from '../remote/sshHostFiles.js';
 import { ChecksumTap } from '../../streams/ChecksumTap.js';
-import { Lz4Decompress } from '../../streams/Lz4Decompress.js';
+import { Lz4StreamDecompress } from '../../streams/Lz4StreamDecompress.js';
 import { NbdWriter } from '../../streams/NbdWriter.js';
 import { ProgressTap } from '../../streams/ProgressTap.js';
 import { SparseParser } from '../../streams/SparseParser.js';
@@ -198,12 +198,13 @@ export class DiskImage {
     const tap = new ChecksumTap();
     const loans = opts.loans ?? NO_LOANS;
     // 1 MiB pieces x 8 writes in flight: as fast as bigger ones into qemu-nbd, and memory stays small.
-    const parser = new SparseParser({ maxPieceSize: PIECE_SIZE, loans });
-    const decompress = new Lz4Decompress({ loans });
-    // A written piece is a view of the source's buffer, a piece the parser joined, or a decompressed frame: each owner takes back its own.
+    // LZ4 frames pass in parts and are decoded in 1 MiB pieces: memory stays the same whatever the frames' size.
+    const parser = new SparseParser({ maxPieceSize: PIECE_SIZE, loans, lz4Parts: true });
+    const decompress = new Lz4StreamDecompress({ pieceSize: PIECE_SIZE, loans });
+    // A written piece is a view of the source's buffer, a piece the parser joined, or a decoded piece: each owner takes back its own.
     const onWritten = (data: Buffer): void => {
       parser.release(data);
-      decompress.recycle(data);
+      decompress.release(data);
     };
     const writer = new NbdWriter(this.client, { targetIsZero: opts.fresh, inFlight: WRITES_IN_FLIGHT, onWritten });
     const progress = new ProgressTap((n) => opts.onData?.(n));
