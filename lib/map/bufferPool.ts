@@ -5,7 +5,8 @@
  * here) and where freed multi-megabyte buffers linger in the allocator:
  * the chain export decompresses into pooled buffers and reads compressed
  * pieces into them. Idle buffers are kept up to `maxIdleBytes`; beyond
- * that a returned buffer is left to the garbage collector.
+ * that a returned buffer is left to the garbage collector, unless it is the
+ * only idle one of its size.
  */
 
 const MIN_CLASS = 64 * 1024;
@@ -19,34 +20,51 @@ export function sizeClass(size: number): number {
 
 export class BufferPool {
   private readonly idle = new Map<number, Buffer[]>();
-  private idleBytes = 0;
+  private idleHeld = 0;
 
   constructor(readonly maxIdleBytes = 64 * 1024 * 1024) {}
 
-  /** A buffer of at least `size` bytes (its length is the size class); contents are stale. */
+  /** Bytes of idle buffers. */
+  get idleBytes(): number {
+    return this.idleHeld;
+  }
+
+  /** A buffer of at least `size` bytes (its length is a size class, at most 4 times size's); contents are stale. */
   take(size: number): Buffer {
     const c = sizeClass(size);
-    const free = this.idle.get(c);
-    const buf = free?.pop();
-    if (buf) {
-      this.idleBytes -= buf.length;
-      return buf;
-    }
-    return Buffer.allocUnsafeSlow(c);
+    // An idle buffer up to two classes larger will do: allocating while a bigger buffer idles churns memory.
+    return this.takeIdle(size, c * 4) ?? Buffer.allocUnsafeSlow(c);
+  }
+
+  /** The smallest idle buffer of at least `size` bytes and at most `largest`, if any. */
+  takeIdle(size: number, largest = Infinity): Buffer | undefined {
+    let best: number | undefined;
+    for (const [c, list] of this.idle) if (c >= size && c <= largest && list.length > 0 && (best === undefined || c < best)) best = c;
+    if (best === undefined) return undefined;
+    const buf = this.idle.get(best)!.pop()!;
+    this.idleHeld -= buf.length;
+    return buf;
+  }
+
+  /** Let go of one idle buffer, the smallest; false when none idles. */
+  dropSmallest(): boolean {
+    const buf = this.takeIdle(0);
+    return buf !== undefined;
   }
 
   /** Give a buffer from take() back; it must not be used afterwards. */
   give(buf: Buffer): void {
-    if (this.idleBytes + buf.length > this.maxIdleBytes) return;
     const list = this.idle.get(buf.length) ?? [];
+    // One idle buffer of each size is kept even over the bound (a few MiB in all): a 4 MiB span's buffer would otherwise be allocated anew for every span.
+    if (list.length > 0 && this.idleHeld + buf.length > this.maxIdleBytes) return;
     list.push(buf);
     this.idle.set(buf.length, list);
-    this.idleBytes += buf.length;
+    this.idleHeld += buf.length;
   }
 
   /** Drop every idle buffer. */
   clear(): void {
     this.idle.clear();
-    this.idleBytes = 0;
+    this.idleHeld = 0;
   }
 }

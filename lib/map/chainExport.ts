@@ -3,8 +3,9 @@
  * from the data files through their ChainIndex. A read is cut into the
  * index's segments: bytes of an uncompressed data frame are read from its
  * file with one positioned read, bytes of a compressed one are copied out
- * of its LZ4 pieces, decoded (lz4Decoder.ts) into the buffers of a small
- * bounded cache (PieceCache), and zero frames and ranges
+ * of its LZ4 pieces, decoded about 1 MiB at a time (lz4Spans.ts) into the
+ * buffers of a small bounded cache (PieceCache), each piece checked whole
+ * once before any of it is served (lz4Verify.ts), and zero frames and ranges
  * no file covers are holes (NBD_REPLY_TYPE_OFFSET_HOLE, never zeros on the
  * wire). Block status (`base:allocation`) says the same: data frames are
  * data, the rest hole+zero.
@@ -21,7 +22,10 @@ import { ExportError, type AllocationExtent, type BlockSizeConstraints, type Exp
 import { NBD_STATE_HOLE, NBD_STATE_ZERO } from '../nbd/protocol.js';
 import { FRAME_HEADER_LENGTH } from '../format/frameHeader.js';
 import type { ChainIndex, Frame, Lz4Piece } from './chainIndex.js';
-import { decodeLz4Frame } from './lz4Decoder.js';
+import { Lz4DecodeError } from '../lz4/errors.js';
+import { Lz4Spans } from './lz4Spans.js';
+import { verifyLz4Piece } from './lz4Verify.js';
+import { ReadBuffers } from './readBuffers.js';
 import { PieceCache, type PieceCacheOptions, type PieceLease } from './pieceCache.js';
 
 /** An open data file of the chain; `file` names it in messages. */
@@ -57,6 +61,8 @@ const MAX_EXTENTS = 65536;
 const HOLE = NBD_STATE_HOLE | NBD_STATE_ZERO;
 /** Largest piece accepted while a frame's layout is unknown (virtnbdbackup's are at most 32 MiB). */
 const MAX_UNKNOWN_PIECE = 64 * 1024 * 1024;
+/** Linked-block pieces whose decoding position (and 64 KiB history) is kept: a few sequential readers. */
+const MAX_FRONTIERS = 8;
 
 export class ChainExport implements Export {
   readonly size: number;
@@ -65,9 +71,17 @@ export class ChainExport implements Export {
   readonly description?: string;
   readonly blockSize: BlockSizeConstraints;
   readonly cache: PieceCache;
+  /** Buffers reads are served in, handed back by the server (releaseRead). */
+  private readonly buffers = new ReadBuffers();
   private readonly onCorrupt?: (problem: CorruptFrame) => void;
   /** Frames found corrupt (reported once); pieces keep failing on each read. */
   private readonly reported = new Set<Frame>();
+  /** Span decoders of the compressed pieces read so far (their marks are small). */
+  private readonly spans = new Map<Lz4Piece, Lz4Spans>();
+  /** Whole-piece checks, passed or under way. */
+  private readonly checks = new Map<Lz4Spans, Promise<void>>();
+  /** Decoders whose frontier holds history, least recently used first. */
+  private readonly histories = new Set<Lz4Spans>();
   /** Frames whose piece layout is being learnt, so it is learnt once. */
   private readonly layouts = new Map<Frame, Promise<void>>();
 
@@ -87,8 +101,9 @@ export class ChainExport implements Export {
     this.checkRange(offset, length);
     const segments = this.index.segments(offset, length);
     const hasData = segments.some((s) => s.frame?.kind === 'data');
-    const buf = hasData ? Buffer.allocUnsafe(length) : undefined;
+    const buf = hasData ? this.buffers.lend(length) : undefined;
     if (buf) {
+      // On failure the buffer is not handed back (fills may still write into it): the garbage collector takes it.
       await Promise.all(
         segments.map((s) => (s.frame?.kind === 'data' ? this.fill(s.frame, s.offset, buf.subarray(s.offset - offset, s.offset - offset + s.length)) : undefined)),
       );
@@ -108,6 +123,18 @@ export class ChainExport implements Export {
     return chunks;
   }
 
+  /** The server is done with what read() returned: its buffer is reused. */
+  releaseRead(result: Buffer | Chunk[]): void {
+    if (Buffer.isBuffer(result)) return this.buffers.release(result);
+    // Each distinct buffer once (an overlay passes on chunks of several reads); foreign ones are ignored.
+    const seen = new Set<ArrayBufferLike>();
+    for (const c of result) {
+      if (!c.data || seen.has(c.data.buffer)) continue;
+      seen.add(c.data.buffer);
+      this.buffers.release(c.data);
+    }
+  }
+
   async blockStatus(offset: number, length: number): Promise<AllocationExtent[]> {
     this.checkRange(offset, length);
     const extents: AllocationExtent[] = [];
@@ -122,6 +149,7 @@ export class ChainExport implements Export {
 
   async close(): Promise<void> {
     this.cache.clear();
+    this.buffers.clear();
     await Promise.all(this.files.map((f) => f.handle.close().catch(() => undefined)));
   }
 
@@ -143,14 +171,9 @@ export class ChainExport implements Export {
     for (const piece of frame.pieces) {
       const pieceEnd = piece.offset + piece.length;
       if (pieceEnd <= at || piece.offset >= end) continue;
-      work.push(
-        this.piece(frame, piece, piece.length).then((lease) => {
-          const from = Math.max(at, piece.offset);
-          const to = Math.min(end, pieceEnd);
-          lease.data.copy(target, from - at, from - piece.offset, to - piece.offset);
-          lease.release();
-        }),
-      );
+      const from = Math.max(at, piece.offset);
+      const to = Math.min(end, pieceEnd);
+      work.push(this.copyPiece(frame, piece, from - piece.offset, to - piece.offset, target.subarray(from - at, to - at)));
     }
     await Promise.all(work);
   }
@@ -167,30 +190,98 @@ export class ChainExport implements Export {
     }
   }
 
+  /** The span decoder of `piece`; `limit` bounds its output while the frame's layout is unknown. */
+  private spansOf(frame: Frame, piece: Lz4Piece, limit: number): Lz4Spans {
+    let spans = this.spans.get(piece);
+    if (!spans) {
+      spans = new Lz4Spans((buf, position) => this.readFully(frame, position, buf), piece.position, piece.size, limit);
+      this.spans.set(piece, spans);
+    }
+    return spans;
+  }
+
   /**
-   * The decompressed bytes of `piece`, leased from the cache. `expected` is
-   * its length when the frame's layout is known, else an upper bound.
+   * The decompressed span of `piece` holding piece byte `x`, leased from
+   * the cache, and where it starts; undefined past the piece's end.
    */
-  private piece(frame: Frame, piece: Lz4Piece, expected: number): Promise<PieceLease> {
-    const exact = frame.layoutKnown === true;
-    return this.cache.acquire(`${frame.file}:${piece.position}`, expected, async (target) => {
-      const raw = this.cache.pool.take(piece.size);
-      try {
-        await this.readFully(frame, piece.position, raw.subarray(0, piece.size));
-        let length: number;
-        try {
-          length = decodeLz4Frame(raw, target.subarray(0, expected), 0, piece.size);
-        } catch (err) {
-          throw this.corrupt(frame, piece, `its LZ4 frame at byte ${piece.position} does not decompress (${(err as Error).message})`);
-        }
-        if (exact && length !== expected) {
-          throw this.corrupt(frame, piece, `its LZ4 frame at byte ${piece.position} holds ${length} bytes, ${expected} expected`);
-        }
-        return length;
-      } finally {
-        this.cache.pool.give(raw);
-      }
-    });
+  private async spanAt(frame: Frame, piece: Lz4Piece, spans: Lz4Spans, x: number): Promise<{ lease: PieceLease; start: number } | undefined> {
+    let capacity: number;
+    try {
+      capacity = await spans.capacity();
+    } catch (err) {
+      throw this.undecodable(frame, piece, err);
+    }
+    for (;;) {
+      const k = spans.spanOf(x);
+      const start = spans.marks[k]!.out;
+      const lease = await this.cache.acquire(`${frame.file}:${piece.position}:${k}`, capacity, (target) =>
+        spans.decode(k, target).catch((err: unknown) => Promise.reject(this.undecodable(frame, piece, err))),
+      );
+      this.trackHistory(spans);
+      if (x < start + lease.data.length) return { lease, start };
+      lease.release();
+      if (spans.total !== undefined && k === spans.marks.length - 1) return undefined;
+    }
+  }
+
+  /** Copy piece bytes [from, to) into `target`. */
+  private async copyPiece(frame: Frame, piece: Lz4Piece, from: number, to: number, target: Buffer): Promise<void> {
+    const spans = this.spansOf(frame, piece, piece.length);
+    await this.verified(frame, piece, spans);
+    for (let x = from; x < to; ) {
+      const span = await this.spanAt(frame, piece, spans, x);
+      if (!span) throw this.corrupt(frame, piece, `its LZ4 frame at byte ${piece.position} holds ${spans.total} bytes, ${piece.length} expected`);
+      const { lease, start } = span;
+      const upto = Math.min(to, start + lease.data.length);
+      lease.data.copy(target, x - from, x - start, upto - start);
+      lease.release();
+      x = upto;
+    }
+    if (spans.total !== undefined && spans.total !== piece.length) {
+      throw this.corrupt(frame, piece, `its LZ4 frame at byte ${piece.position} holds ${spans.total} bytes, ${piece.length} expected`);
+    }
+  }
+
+  /** Linked-block frontiers each keep 64 KiB of history: only the few most recent do. */
+  private trackHistory(spans: Lz4Spans): void {
+    if (!spans.holdsHistory) return;
+    this.histories.delete(spans);
+    this.histories.add(spans);
+    for (const old of this.histories) {
+      if (this.histories.size <= MAX_FRONTIERS) break;
+      this.histories.delete(old);
+      old.dropHistory();
+    }
+  }
+
+  private undecodable(frame: Frame, piece: Lz4Piece, err: unknown): Error {
+    if (err instanceof ExportError || !(err instanceof Lz4DecodeError)) return err as Error;
+    return this.corrupt(frame, piece, `its LZ4 frame at byte ${piece.position} does not decompress (${err.message})`);
+  }
+
+  /**
+   * Check all of `piece` once (lz4Verify.ts) before serving any of it; a
+   * failure is not kept, so every later read checks again and fails again.
+   */
+  private verified(frame: Frame, piece: Lz4Piece, spans: Lz4Spans): Promise<void> {
+    let check = this.checks.get(spans);
+    if (!check) {
+      check = this.cache.limited(() => verifyLz4Piece(spans, !frame.layoutKnown)).then(
+        (total) => {
+          this.trackHistory(spans);
+          if (frame.layoutKnown && total !== undefined && total !== piece.length) {
+            throw this.corrupt(frame, piece, `its LZ4 frame at byte ${piece.position} holds ${total} bytes, ${piece.length} expected`);
+          }
+        },
+        (err: unknown) => {
+          this.trackHistory(spans);
+          throw this.undecodable(frame, piece, err);
+        },
+      );
+      this.checks.set(spans, check);
+      check.catch(() => this.checks.delete(spans));
+    }
+    return check;
   }
 
   /** Decompress the pieces of `frame` in order to learn how many disk bytes each holds. */
@@ -203,10 +294,10 @@ export class ChainExport implements Export {
           // Each piece holds at most what is left of the frame, and no writer makes pieces over 64 MiB.
           const bound = Math.min(frame.offset + frame.length - offset, MAX_UNKNOWN_PIECE);
           if (bound <= 0) break;
-          const lease = await this.piece(frame, piece, bound);
+          const spans = this.spansOf(frame, piece, bound);
+          await this.verified(frame, piece, spans);
           piece.offset = offset;
-          piece.length = lease.data.length;
-          lease.release();
+          piece.length = spans.total!;
           offset += piece.length;
         }
         if (offset !== frame.offset + frame.length) {

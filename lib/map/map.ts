@@ -90,6 +90,13 @@ export interface Mapping {
   close(): Promise<void>;
 }
 
+/**
+ * Read bytes a connection may have in flight (being read or queued on its
+ * socket): what bounds the read buffers, 4 connections x 4 MiB; nbdcopy's
+ * 256 KiB requests still get 16 deep per connection.
+ */
+const MAX_IN_FLIGHT_BYTES = 4 * 1024 * 1024;
+
 /** Undo steps, run last first. */
 type Undo = { label: string; run: () => Promise<void> };
 
@@ -161,6 +168,7 @@ export async function map(options: MapOptions, ctx: MapContext): Promise<Mapping
 
     const server = new NbdServer({
       exports: served,
+      maxInFlightBytes: MAX_IN_FLIGHT_BYTES,
       logger: (level, message) => (level === 'error' ? logger.error(message) : level === 'warn' ? logger.warn(message) : logger.debug(message)),
     });
     const listen: ListenTarget = options.listen ?? (boot ? { socketPath: join(workDir, 'nbd.sock') } : { host: '127.0.0.1', port: 10809 });

@@ -15,6 +15,7 @@
  * never loses a concurrent write. Memory: one byte per block (16 MiB for a
  * 1 TiB disk).
  */
+import { isLending } from '../nbd/server-read-loans.js';
 import { open, rm, type FileHandle } from 'node:fs/promises';
 import type { Chunk } from '../chunk.js';
 import { ExportError, type AllocationExtent, type BlockSizeConstraints, type Export, type WriteZeroesOptions } from '../nbd/export.js';
@@ -102,6 +103,11 @@ export class CowOverlay implements Export {
       }),
     );
     return parts.flat();
+  }
+
+  /** Reads pass on the base's buffers: hand them back to it (ours it ignores). */
+  releaseRead(result: Buffer | Chunk[]): void {
+    if (isLending(this.base)) this.base.releaseRead(result);
   }
 
   async write(offset: number, data: Buffer): Promise<void> {

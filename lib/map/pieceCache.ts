@@ -1,21 +1,23 @@
 /**
- * A small bounded cache of decompressed LZ4 pieces, least recently used
- * first out. A compressed data frame is stored as LZ4 frames of up to
- * 32 MiB of disk each, and a client reads it in much smaller requests
- * (a VM: 4 KiB to 1 MiB; nbdcopy: 256 KiB), so without a cache every
- * request would decompress a whole piece again.
+ * A small bounded cache of decompressed LZ4 spans (about 1 MiB runs of
+ * a piece's blocks, lz4Spans.ts), least recently used first out. A
+ * client reads in requests smaller than a span (a VM: 4 KiB to 1 MiB;
+ * nbdcopy: 256 KiB), so without a cache every request would decompress
+ * its span again.
  *
- * Pieces live in buffers from a BufferPool, reused once evicted. A reader
- * holds a lease on a piece while it copies from it, so a leased piece is
+ * Spans live in buffers from a BufferPool, reused once evicted. A reader
+ * holds a lease on a span while it copies from it, so a leased span is
  * never evicted (or its buffer reused) under it; leases last for one copy.
- * Bounds: `maxBytes` of piece buffers (default 128 MiB: four 32 MiB
- * pieces, one per connection of a 4-connection nbdcopy) and `maxEntries`
- * pieces (default 256: the many small frames of a fragmented disk),
- * exceeded only by pieces leased at that moment. Concurrent requests for
- * one piece share one fill, and at most `parallel` fills run at once
- * (default 2), which bounds their scratch memory too.
+ * Bounds: `maxBytes` of span buffers and idle ones together (default
+ * 8 MiB: two 1 MiB spans per connection of a 4-connection nbdcopy; whole
+ * 32 MiB pieces cost ~400 MB of RSS) and `maxEntries` spans (default
+ * 256: the many small frames of a fragmented disk), exceeded only by
+ * spans leased or being filled at that moment. Concurrent requests for
+ * one span share one fill, and at most `parallel` fills run at once
+ * (default 1: decoding runs on the one JavaScript thread anyway, and each
+ * running fill holds its scratch windows, up to 8 MiB for 4 MiB blocks).
  */
-import { BufferPool } from './bufferPool.js';
+import { BufferPool, sizeClass } from './bufferPool.js';
 
 export interface PieceCacheOptions {
   maxBytes?: number;
@@ -37,6 +39,9 @@ export interface PieceLease {
   readonly data: Buffer;
   release(): void;
 }
+
+/** The buffer of an entry whose fill has not started. */
+const EMPTY = Buffer.alloc(0);
 
 interface Entry {
   key: string;
@@ -62,13 +67,14 @@ export class PieceCache {
   private readonly counts = { hits: 0, misses: 0, evictions: 0 };
 
   constructor(options: PieceCacheOptions = {}) {
-    this.maxBytes = options.maxBytes ?? 128 * 1024 * 1024;
+    this.maxBytes = options.maxBytes ?? 8 * 1024 * 1024;
     this.maxEntries = options.maxEntries ?? 256;
-    this.parallel = options.parallel ?? 2;
+    this.parallel = options.parallel ?? 1;
     for (const [name, value] of [['maxBytes', this.maxBytes], ['maxEntries', this.maxEntries], ['parallel', this.parallel]] as const) {
       if (!Number.isSafeInteger(value) || value < 1) throw new RangeError(`PieceCache ${name} must be a positive integer, got ${value}`);
     }
-    this.pool = new BufferPool(Math.ceil(this.maxBytes / 2));
+    // obtain() counts idle buffers in the budget too.
+    this.pool = new BufferPool(this.maxBytes);
   }
 
   /**
@@ -84,9 +90,14 @@ export class PieceCache {
       this.entries.set(key, entry);
     } else {
       this.counts.misses++;
-      const buffer = this.pool.take(capacity);
-      const created: Entry = { key, buffer, length: 0, pins: 0, ready: Promise.resolve(), cached: true };
-      created.ready = this.limited(() => fill(buffer)).then(
+      const created: Entry = { key, buffer: EMPTY, length: 0, pins: 0, ready: Promise.resolve(), cached: true };
+      // The buffer is taken when the fill starts, not while it queues: dozens of queued misses each holding a span's buffer broke the bound.
+      const start = (): Promise<number> => {
+        created.buffer = this.obtain(capacity);
+        if (created.cached) this.held += created.buffer.length;
+        return fill(created.buffer);
+      };
+      created.ready = this.limited(start).then(
         (length) => {
           created.length = length;
         },
@@ -96,7 +107,6 @@ export class PieceCache {
         },
       );
       this.entries.set(key, created);
-      this.held += buffer.length;
       entry = created;
     }
     const pinned = entry;
@@ -132,7 +142,7 @@ export class PieceCache {
 
   private unpin(entry: Entry): void {
     entry.pins--;
-    if (entry.pins === 0 && !entry.cached) this.pool.give(entry.buffer);
+    if (entry.pins === 0 && !entry.cached && entry.buffer !== EMPTY) this.pool.give(entry.buffer);
   }
 
   /** Take an entry out of the cache; its buffer goes back to the pool once nobody holds it. */
@@ -141,7 +151,36 @@ export class PieceCache {
     entry.cached = false;
     this.entries.delete(entry.key);
     this.held -= entry.buffer.length;
-    if (entry.pins === 0) this.pool.give(entry.buffer);
+    if (entry.pins === 0 && entry.buffer !== EMPTY) this.pool.give(entry.buffer);
+  }
+
+  /**
+   * A buffer for a new piece, within `maxBytes` of pieces and idle buffers
+   * together: an idle one (a larger one will do), else a fresh one if it
+   * fits, else evict and retry. Every buffer dropped or allocated anew is
+   * garbage V8 collects late (external memory), which is what RSS showed.
+   */
+  private obtain(capacity: number): Buffer {
+    for (;;) {
+      const idle = this.pool.takeIdle(capacity);
+      if (idle) return idle;
+      if (this.held + this.pool.idleBytes + sizeClass(capacity) <= this.maxBytes) break;
+      if (this.evictOne()) continue;
+      // Only smaller buffers idle (nothing is evictable): give them up for the one needed.
+      if (!this.pool.dropSmallest()) break;
+    }
+    return this.pool.take(capacity);
+  }
+
+  /** Evict the least recently used piece not leased; false if there is none. */
+  private evictOne(): boolean {
+    for (const entry of this.entries.values()) {
+      if (entry.pins > 0) continue;
+      this.drop(entry);
+      this.counts.evictions++;
+      return true;
+    }
+    return false;
   }
 
   private evict(): void {
@@ -154,7 +193,8 @@ export class PieceCache {
     }
   }
 
-  private async limited<T>(work: () => Promise<T>): Promise<T> {
+  /** Run `work` as one of the at most `parallel` fills (other decoding work shares the bound: it holds scratch memory too). */
+  async limited<T>(work: () => Promise<T>): Promise<T> {
     while (this.running >= this.parallel) await new Promise<void>((resolve) => this.waiting.push(resolve));
     this.running++;
     try {

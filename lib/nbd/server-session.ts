@@ -17,6 +17,7 @@ import { RequestRefused, errnoOf, messageOf } from './server-errors.js';
 import { MAX_DESCRIPTORS, allocationDescriptors, readPieces } from './server-extents.js';
 import type { Negotiated } from './server-handshake.js';
 import type { ServerLogger } from './server-log.js';
+import { isLending } from './server-read-loans.js';
 import { ConnectionClosedError, type SocketReader } from './server-reader.js';
 import {
   NBD_CMD_BLOCK_STATUS,
@@ -71,6 +72,10 @@ interface Request {
   /** offset + length does not fit the export (offset may be beyond 2^53). */
   outOfRange: boolean;
   data?: Buffer;
+  /** A read's reply is written out: its bytes no longer count as in flight. */
+  replied?: () => void;
+  /** A read's reply is queued with `replied` to run once it is written. */
+  replyQueued?: () => void;
 }
 
 /** Shared source of zeros for holes in simple replies and emulated write-zeroes. */
@@ -185,17 +190,29 @@ export class TransmissionSession {
   }
 
   private dispatch(req: Request, work: () => Promise<void> | void): void {
-    const weight = req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE ? req.length : 0;
+    let weight = req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE ? req.length : 0;
     this.inFlight++;
     this.inFlightBytes += weight;
+    // A read's bytes count until its reply has left through the socket: replies queued there are memory too.
+    const settle = (): void => {
+      this.inFlightBytes -= weight;
+      weight = 0;
+      this.notify();
+    };
+    let replyQueued = false;
+    req.replied = settle;
+    req.replyQueued = () => {
+      replyQueued = true;
+    };
     void (async () => {
       try {
         await work();
       } catch (err) {
+        replyQueued = false;
         this.replyError(req, err);
       } finally {
         this.inFlight--;
-        this.inFlightBytes -= weight;
+        if (!replyQueued) settle();
         this.notify();
       }
     })();
@@ -280,28 +297,57 @@ export class TransmissionSession {
   }
 
   private async read(req: Request): Promise<void> {
-    const pieces = req.length === 0 ? [] : readPieces(await this.exp.read(req.offset, req.length), req.offset, req.length);
+    if (req.length === 0) {
+      this.sendRead(req, [], undefined);
+      return;
+    }
+    const result = await this.exp.read(req.offset, req.length);
+    const exp = this.exp;
+    // A lending export gets its buffers back once the socket is done with them (or the reply is dropped).
+    let handedBack = false;
+    const handBack = (): void => {
+      if (handedBack) return;
+      handedBack = true;
+      if (isLending(exp)) exp.releaseRead(result);
+      req.replied?.();
+    };
+    let pieces: Chunk[];
+    try {
+      pieces = readPieces(result, req.offset, req.length);
+    } catch (err) {
+      if (isLending(exp)) exp.releaseRead(result);
+      throw err;
+    }
+    req.replyQueued?.();
+    this.sendRead(req, pieces, handBack);
+  }
+
+  /** Queue the reply to a read; `written` runs once its bytes are no longer needed. */
+  private sendRead(req: Request, pieces: Chunk[], written: (() => void) | undefined): void {
     if (!this.structured) {
-      this.writeAll([encodeSimpleReply(req.cookie, 0), ...pieces.flatMap(bytesOf)]);
+      this.writeAll([encodeSimpleReply(req.cookie, 0), ...pieces.flatMap(bytesOf)], written);
       return;
     }
     if (pieces.length === 0) {
       this.writeChunk(req.cookie, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, []);
+      written?.();
       return;
     }
     if (req.flags & NBD_CMD_FLAG_DF && pieces.length > 1) {
       // "Don't fragment": one data chunk with the holes written out as zeros.
       const merged = Buffer.concat(pieces.flatMap(bytesOf), req.length);
+      written?.();
       this.writeChunk(req.cookie, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, [encodeOffsetDataPrefix(req.offset), merged]);
       return;
     }
     this.socket.cork();
     pieces.forEach((p, i) => {
-      const flags = i === pieces.length - 1 ? NBD_REPLY_FLAG_DONE : 0;
+      const last = i === pieces.length - 1;
+      const flags = last ? NBD_REPLY_FLAG_DONE : 0;
       if (p.zero) {
-        this.writeChunk(req.cookie, flags, NBD_REPLY_TYPE_OFFSET_HOLE, [encodeOffsetHole(p.offset, p.length)]);
+        this.writeChunk(req.cookie, flags, NBD_REPLY_TYPE_OFFSET_HOLE, [encodeOffsetHole(p.offset, p.length)], last ? written : undefined);
       } else {
-        this.writeChunk(req.cookie, flags, NBD_REPLY_TYPE_OFFSET_DATA, [encodeOffsetDataPrefix(p.offset), p.data!]);
+        this.writeChunk(req.cookie, flags, NBD_REPLY_TYPE_OFFSET_DATA, [encodeOffsetDataPrefix(p.offset), p.data!], last ? written : undefined);
       }
     });
     this.socket.uncork();
@@ -342,16 +388,24 @@ export class TransmissionSession {
     }
   }
 
-  private writeChunk(cookie: bigint, flags: number, type: number, payload: Buffer[]): void {
+  private writeChunk(cookie: bigint, flags: number, type: number, payload: Buffer[], written?: () => void): void {
     const length = payload.reduce((sum, b) => sum + b.length, 0);
-    this.writeAll([encodeStructuredReplyHeader({ flags, type, cookie, length }), ...payload]);
+    this.writeAll([encodeStructuredReplyHeader({ flags, type, cookie, length }), ...payload], written);
   }
 
-  /** Queue buffers back to back (one reply must never interleave with another). */
-  private writeAll(buffers: Buffer[]): void {
-    if (this.socket.destroyed || this.socket.writableEnded) return;
+  /**
+   * Queue buffers back to back (one reply must never interleave with
+   * another). `written` runs once the socket has let go of them: written
+   * out, failed, or never queued on a closed socket.
+   */
+  private writeAll(buffers: Buffer[], written?: () => void): void {
+    if (this.socket.destroyed || this.socket.writableEnded) {
+      written?.();
+      return;
+    }
     this.socket.cork();
-    for (const b of buffers) this.socket.write(b);
+    // Writes complete in order, so the last one's callback covers them all.
+    buffers.forEach((b, i) => (i === buffers.length - 1 && written ? this.socket.write(b, () => written()) : this.socket.write(b)));
     this.socket.uncork();
   }
 

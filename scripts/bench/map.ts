@@ -19,7 +19,7 @@ import { loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BENCH_DIR, benchDisk } from './disk.js';
-import { compileEntry } from './compile.js';
+import { buildDist } from './dist.js';
 import { run, stopPidFile } from './exec.js';
 import { mapSet } from './map-set.js';
 import { measure, median } from './measure.js';
@@ -45,7 +45,7 @@ interface Server {
 async function startOurs(name: string, entry: string, file: string, dir: string): Promise<Server> {
   const slug = name.replace(/[^\w]+/g, '-').replace(/^-|-$/g, '');
   const socket = join(dir, `${slug}.sock`);
-  const child: ChildProcess = spawn(process.execPath, [entry, '-r', '-n', '-f', file, '--socket', socket, '-e', 'bench', '-L', join(dir, `${slug}.log`)], {
+  const child: ChildProcess = spawn(entry, ['-r', '-n', '-f', file, '--socket', socket, '-e', 'bench', '-L', join(dir, `${slug}.log`)], {
     cwd: REPO,
     stdio: ['ignore', 'ignore', 'pipe'],
   });
@@ -104,8 +104,9 @@ export async function benchMap(opts: MapBenchOptions): Promise<BenchResult> {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
-    log('compiling the virtnbdmap entry with tsc');
-    const entry = await compileEntry(join(REPO, 'scripts/bench/map-serve.ts'), join(dir, 'build'));
+    // The command as a user runs it: bin/virtnbdmap on the bundle, with its node flags.
+    await buildDist(log);
+    const entry = join(REPO, 'bin/virtnbdmap');
     const qemu = await startQemuNbd(set.restored, dir);
     servers.push(qemu);
     const plain = await startOurs('virtnbdmap (plain)', entry, join(set.plain, 'vda.full.data'), dir);
