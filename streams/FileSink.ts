@@ -12,7 +12,7 @@ import { errnoCode, reason } from './fsErrors.js';
  * directory, so nothing half-written ever carries the final name. On error
  * or destroy() it closes and removes the partial file. An existing `<path>`
  * is refused before anything is written unless `overwrite` is set.
- * It buffers up to `highWaterMark` bytes (default 4 MiB) and writes all
+ * It buffers up to `highWaterMark` bytes (default 2 MiB) and writes all
  * queued chunks in one writev(), for large sequential writes. `onWritten`
  * learns of each buffer once its bytes are in the file, so a producer can
  * reuse the buffer (NbdReader.release).
@@ -23,7 +23,7 @@ export interface FileSinkOptions {
   overwrite?: boolean;
   /** fsync the file before and its directory after the rename (default true). */
   sync?: boolean;
-  /** Bytes queued before write() asks the producer to wait (default 4 MiB). */
+  /** Bytes queued before write() asks the producer to wait (default 2 MiB: 4 MiB kept 2 MB more of a compressed backup's parts resident, no faster). */
   highWaterMark?: number;
   /** Permission bits of the new file, before the umask (default 0o666). */
   mode?: number;
@@ -65,7 +65,7 @@ export class FileSink extends Writable {
   private written = 0;
 
   constructor(path: string, options: FileSinkOptions = {}) {
-    super({ highWaterMark: options.highWaterMark ?? 4 * 1024 * 1024, decodeStrings: true });
+    super({ highWaterMark: options.highWaterMark ?? 2 * 1024 * 1024, decodeStrings: true });
     this.path = path;
     this.partialPath = partialFileName(path);
     this.overwrite = options.overwrite ?? false;
