@@ -8,7 +8,7 @@
  */
 const MIN_SCRATCH = 64 * 1024;
 const ROUNDED_UPTO = 1024 * 1024;
-const SCRATCH_IDLE_BYTES = 16 * 1024 * 1024;
+const SCRATCH_IDLE_BYTES = 8 * 1024 * 1024;
 const scratch = new Map<number, Buffer[]>();
 let scratchIdle = 0;
 function scratchClass(size: number): number {

@@ -177,6 +177,11 @@ export async function benchMap(opts: MapBenchOptions): Promise<BenchResult> {
       targets: [
         { what: 'throughput virtnbdmap (plain) / qemu-nbd', value: ratio, limit: 0.7, unit: 'x', ok: ratio >= 0.7 },
         { what: 'contents identical to qemu-nbd', value: same[plain.name] && same[lz4.name] ? 1 : 0, limit: 1, unit: '', ok: Boolean(same[plain.name] && same[lz4.name]) },
+        ...[plain, lz4].map((s) => {
+          // The server's whole life: the qemu-img compare pass included.
+          const rss = serverRss[s.name] ?? 0;
+          return { what: `peak RSS ${s.name} server`, value: rss / MB, limit: 100, unit: 'MB', ok: rss <= 100 * MB };
+        }),
       ],
       info,
     };
