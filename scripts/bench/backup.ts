@@ -23,7 +23,7 @@ import { join } from 'node:path';
 import { benchDisk } from './disk.js';
 import { buildDist, REPO } from './dist.js';
 import { run } from './exec.js';
-import type { BenchResult, BenchRow } from './report.js';
+import { medianRss, type BenchResult, type BenchRow } from './report.js';
 import { roundRows, runRounds, type Contender } from './rounds.js';
 import { beginPullJob, endJob, startBenchVm, type BenchVm } from './vm.js';
 import { inBenchWorkdir, runFacts } from './workdir.js';
@@ -76,7 +76,7 @@ export async function benchBackup(opts: BackupBenchOptions): Promise<BenchResult
     const row = (name: string): BenchRow => rows.find((r) => r.name === name) as BenchRow;
     const ours = row('virtnbd full');
     const ours16 = row('virtnbd full (16 GiB)');
-    const rss16 = ours16.peakRssBytes / ours.peakRssBytes - 1;
+    const rss16 = medianRss(ours16) / medianRss(ours) - 1;
     const oursZ = row('virtnbd full -z');
     const peer = row('virtnbdbackup full');
     const peerZ = row('virtnbdbackup full -z');
@@ -97,7 +97,7 @@ export async function benchBackup(opts: BackupBenchOptions): Promise<BenchResult
         { what: 'full -z speed-up over virtnbdbackup -z', value: speedupZ, limit: 3, unit: 'x', ok: speedupZ >= 3 },
         { what: 'compression ratio difference to virtnbdbackup -z', value: ratioDiff * 100, limit: 5, unit: '%', ok: ratioDiff <= 0.05 },
         { what: 'peak RSS virtnbd', value: peakOurs / MB, limit: 100, unit: 'MB', ok: peakOurs <= 100 * MB },
-        { what: 'peak RSS virtnbd full, 16 GiB vs 4 GiB disk', value: rss16 * 100, limit: 10, unit: '%', ok: Math.abs(rss16) <= 0.1 },
+        { what: 'peak RSS virtnbd full, 16 GiB vs 4 GiB disk (medians of the rounds)', value: rss16 * 100, limit: 10, unit: '%', ok: Math.abs(rss16) <= 0.1 },
       ],
       info: {
         disk: `${disk.path} (${disk.virtualSize} bytes virtual, ${disk.dataBytes} data bytes in ${disk.dataExtents} extents), attached to paused TCG VM`,

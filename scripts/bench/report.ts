@@ -6,6 +6,7 @@
  */
 import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { median } from './measure.js';
 
 export interface BenchRow {
   /** Short label, e.g. 'virtnbd' or 'nbdcopy'. */
@@ -44,6 +45,11 @@ export interface BenchResult {
 }
 
 const MB = 1e6;
+
+/** The median of a row's per-round peak RSS: what comparisons between rows use (a single round's peak is noisy). */
+export function medianRss(row: BenchRow): number {
+  return median(row.rssRuns);
+}
 
 function fmtBytes(n: number | undefined): string {
   return n === undefined ? '-' : String(n);
