@@ -58,6 +58,15 @@ export function lz4BlockRecordEnd(frame: Uint8Array, at: number, to: number, des
   return end;
 }
 
+/** The checksum stored after the block body src[body, end) must match it; `where` is the block's byte in the frame. */
+export function checkLz4BlockChecksum(src: Uint8Array, body: number, end: number, where: number): void {
+  const stored = u32(src, end);
+  const computed = xxh32(src.subarray(body, end));
+  if (stored !== computed) {
+    throw new Lz4ChecksumError('block', `LZ4 block checksum mismatch in the block at byte ${where} of the LZ4 frame (stored ${hex(stored)}, computed ${hex(computed)})`, where);
+  }
+}
+
 /** Decodes the blocks of one frame into one output buffer: begin(), blocks() any number of times, end(). */
 export class Lz4FrameDecoder {
   private descriptor: Lz4FrameDescriptor | undefined;
@@ -91,17 +100,7 @@ export class Lz4FrameDecoder {
       const word = u32(src, at);
       const body = at + 4;
       const end = body + ((word & ~UNCOMPRESSED) >>> 0);
-      if (descriptor.blockChecksum) {
-        const stored = u32(src, end);
-        const computed = xxh32(src.subarray(body, end));
-        if (stored !== computed) {
-          throw new Lz4ChecksumError(
-            'block',
-            `LZ4 block checksum mismatch in the block at byte ${where} of the LZ4 frame (stored ${hex(stored)}, computed ${hex(computed)})`,
-            where,
-          );
-        }
-      }
+      if (descriptor.blockChecksum) checkLz4BlockChecksum(src, body, end, where);
       const limit = Math.min(dst.length, this.op + descriptor.blockMaxSize);
       try {
         if (word & UNCOMPRESSED) {

@@ -19,10 +19,11 @@
  * unchecked bytes waits for finish(); a restore need not, since a failed
  * frame fails the restore and its image is discarded.
  */
-import { parseLz4FrameDescriptor, type Lz4FrameDescriptor } from '../format/lz4Frame.js';
-import { Xxh32, xxh32 } from '../format/xxh32.js';
+import type { Lz4FrameDescriptor } from '../format/lz4Frame.js';
+import { Xxh32 } from '../format/xxh32.js';
 import { BufferLender, type BufferLoans } from '../bufferLender.js';
 import { decodeLz4Block } from './blockDecoder.js';
+import { checkLz4BlockChecksum, readLz4FrameHeader } from './frameDecoder.js';
 import { Lz4ChecksumError, Lz4DecodeError } from './errors.js';
 
 /** How far back a match may reach. */
@@ -145,7 +146,7 @@ export class Lz4FrameStream implements BufferLoans {
           this.need = length;
           return 0;
         }
-        this.descriptor = this.parseHeader(src.subarray(at, at + length));
+        this.descriptor = readLz4FrameHeader(src, at, at + length);
         this.expect('size', 4);
         return length;
       }
@@ -191,30 +192,13 @@ export class Lz4FrameStream implements BufferLoans {
     this.need = need;
   }
 
-  private parseHeader(header: Uint8Array): Lz4FrameDescriptor {
-    let descriptor: Lz4FrameDescriptor;
-    try {
-      descriptor = parseLz4FrameDescriptor(header);
-    } catch (err) {
-      throw new Lz4DecodeError((err as Error).message, (err as { offsetInFrame?: number }).offsetInFrame);
-    }
-    if (descriptor.dictId !== undefined) throw new Lz4DecodeError('LZ4 frames with a dictionary are not supported', 4);
-    return descriptor;
-  }
-
   /** Check and decode the block record src[at, at + need), which starts at frame byte `where`. */
   private block(src: Uint8Array, at: number, where: number): void {
     const descriptor = this.descriptor!;
     const word = u32(src, at);
     const body = at + 4;
     const end = body + ((word & ~UNCOMPRESSED) >>> 0);
-    if (descriptor.blockChecksum) {
-      const stored = u32(src, end);
-      const computed = xxh32(src.subarray(body, end));
-      if (stored !== computed) {
-        throw new Lz4ChecksumError('block', `LZ4 block checksum mismatch in the block at byte ${where} of the LZ4 frame (stored ${hex(stored)}, computed ${hex(computed)})`, where);
-      }
-    }
+    if (descriptor.blockChecksum) checkLz4BlockChecksum(src, body, end, where);
     const out = (this.out ??= this.lender.lend());
     const from = this.op;
     const limit = Math.min(out.length, from + descriptor.blockMaxSize);
