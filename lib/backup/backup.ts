@@ -52,15 +52,19 @@ import { DomainPause, quiesceInOrder } from './pause.js';
 import type { Quiesce } from './guestAgent.js';
 import { VIR_DOMAIN_DESTROY_GRACEFUL, VIR_DOMAIN_START_PAUSED } from '../libvirt/flags.js';
 import { BackupJob, refuseActiveJob } from './job.js';
-import { chooseEndpoint, exportUriString, type NbdEndpoint } from './nbdEndpoint.js';
+import { chooseEndpoint, exportUriString, type NbdEndpoint, type NbdEndpointRequest } from './nbdEndpoint.js';
 import { planBackup, type BackupPlan, type DiskTarget, type Level, type OutputType } from './level.js';
 import { RecordingLogger, type BackupLogger } from './log.js';
 import { DirectoryOutput, type SetOutput } from './output.js';
 import { runPool } from './pool.js';
 import { prefetchImageInfo, saveSetFiles } from './setFiles.js';
 
-/** What to back up and how: the fields of virtnbdbackup's command line the run uses. */
-export interface BackupRequest {
+/**
+ * What to back up and how: the fields of virtnbdbackup's command line the
+ * run uses; the job's NBD endpoint fields (-f, -P, -I, --tls, --tls-cert)
+ * are NbdEndpointRequest's.
+ */
+export interface BackupRequest extends NbdEndpointRequest {
   domain: string;
   level: Level;
   type: OutputType;
@@ -74,17 +78,6 @@ export interface BackupRequest {
   scratchDir: string;
   include?: readonly string[];
   exclude?: readonly string[];
-  /** The job's NBD unix socket (local backups without -P, -I or --tls). */
-  socketFile: string;
-  /** -P: TCP port of the job's NBD server (default 10809); TCP is used for remote domains, or when -P, -I or --tls is given (nbdEndpoint.ts). */
-  nbdPort?: number;
-  /** -I: address the NBD server binds to (default: the host name libvirt reports). */
-  nbdIp?: string;
-  /** --tls: the NBD server on TCP with TLS; --tls-cert: our CA and client certificate (default /etc/pki/qemu). */
-  tls?: boolean;
-  tlsCert?: string;
-  /** Long names of the options given on the command line (`--nbd-port`: TCP even with the default port). */
-  given?: ReadonlySet<string>;
   /** A remote domain's host, for its files and offline qemu-nbd: ssh login (default: the URI's user and port, its ?keyfile=). */
   sshUser?: string;
   sshPort?: number;

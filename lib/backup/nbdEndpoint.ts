@@ -25,9 +25,11 @@ export const DEFAULT_TLS_CERT_DIR = '/etc/pki/qemu';
 export interface NbdEndpointRequest {
   /** -f: the unix socket of a local backup. */
   socketFile: string;
+  /** -P: the server's TCP port (default 10809); TCP is used for remote domains, or when -P, -I or --tls is given. */
   nbdPort?: number;
   /** -I: address the server binds to and we connect to; default: the host name libvirt reports. */
   nbdIp?: string;
+  /** --tls: the server on TCP with TLS; --tls-cert: our CA and client certificate (default /etc/pki/qemu). */
   tls?: boolean;
   tlsCert?: string;
   /**

@@ -276,3 +276,14 @@ export function formatHelp(spec: ProgramSpec, width = 80): string {
   if (spec.epilog) out.push(`\n${spec.epilog}`);
   return out.join('');
 }
+
+/** -P/--nbd-port and --ssh-port, where given, must be TCP ports (both commands take them). */
+export function checkTcpPorts(num: (dest: string) => number | undefined, fail: (message: string) => never): void {
+  for (const [dest, display] of [
+    ['nbd_port', '-P/--nbd-port'],
+    ['ssh_port', '--ssh-port'],
+  ] as const) {
+    const port = num(dest);
+    if (port !== undefined && (port < 1 || port > 65535)) fail(`argument ${display}: not a TCP port: ${port}`);
+  }
+}

@@ -9,7 +9,7 @@
 import type { Level, OutputType } from '../backup/level.js';
 import { parseDiskList } from '../backup/disks.js';
 import { sshLoginOfUri } from '../remote/remoteHost.js';
-import { ArgumentError, formatHelp, formatUsage, parseArguments, type ArgValue, type OptionSpec, type ProgramSpec } from './argParser.js';
+import { ArgumentError, formatHelp, formatUsage, parseArguments, type ArgValue, type OptionSpec, type ProgramSpec, checkTcpPorts } from './argParser.js';
 
 export interface BackupArgsEnvironment {
   /** Login name of the user running the command: picks the default URI and --ssh-user. */
@@ -311,13 +311,7 @@ export function parseBackupArgs(argv: readonly string[], env: BackupArgsEnvironm
   if (output === '') fail('argument -o/--output: the output directory is empty');
   const compress = num('compress');
   if (compress !== undefined && compress < 0) fail(`argument -z/--compress: the compression level must be 0 or more, got ${compress}`);
-  for (const [dest, display] of [
-    ['nbd_port', '-P/--nbd-port'],
-    ['ssh_port', '--ssh-port'],
-  ] as const) {
-    const port = num(dest);
-    if (port !== undefined && (port < 1 || port > 65535)) fail(`argument ${display}: not a TCP port: ${port}`);
-  }
+  checkTcpPorts(num, fail);
 
   const given = new Set(spec.options.filter((o) => v.has(o.dest)).map((o) => o.long));
   const quiet = flag('quiet');

@@ -6,7 +6,7 @@
  */
 import type { RestoreAction, RestoreOptions } from '../restore/options.js';
 import { sshLoginOfUri } from '../remote/remoteHost.js';
-import { ArgumentError, formatHelp, formatUsage, parseArguments, type ArgValue, type OptionSpec, type ProgramSpec } from './argParser.js';
+import { ArgumentError, formatHelp, formatUsage, parseArguments, type ArgValue, type OptionSpec, type ProgramSpec, checkTcpPorts } from './argParser.js';
 
 export interface RestoreArgsEnvironment {
   /** Login name: picks the default URI and --ssh-user. */
@@ -170,13 +170,7 @@ export function parseRestoreArgs(argv: readonly string[], env: RestoreArgsEnviro
     if (sequence.length === 0) fail('argument -s/--sequence: expected a comma-separated list of data files');
   }
   const uri = str('uri') ?? (env.user === 'root' ? 'qemu:///system' : 'qemu:///session');
-  for (const [dest, display] of [
-    ['nbd_port', '-P/--nbd-port'],
-    ['ssh_port', '--ssh-port'],
-  ] as const) {
-    const port = num(dest);
-    if (port !== undefined && (port < 1 || port > 65535)) fail(`argument ${display}: not a TCP port: ${port}`);
-  }
+  checkTcpPorts(num, fail);
   const given = new Set(spec.options.filter((o) => v.has(o.dest)).map((o) => o.long));
   const options: RestoreCliOptions = {
     action,
