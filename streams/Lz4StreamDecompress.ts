@@ -47,7 +47,7 @@ export class Lz4StreamDecompress extends Transform {
   private readonly lz4: Lz4FrameStream;
 
   constructor(options: Lz4StreamDecompressOptions = {}) {
-    // One decoded piece waiting: each holds a buffer of up to two blocks and the history.
+    // One decoded piece (at most 1 MiB) waiting.
     super({ objectMode: true, highWaterMark: 1 });
     this.loans = options.loans ?? NO_LOANS;
     this.lz4 = new Lz4FrameStream(options.pieceSize ?? 1024 * 1024);

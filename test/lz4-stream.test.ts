@@ -15,6 +15,7 @@ import { pipeline } from 'node:stream/promises';
 import type { Chunk } from '../lib/chunk.js';
 import { Lz4DataError } from '../lib/format/errors.js';
 import { Lz4ChecksumError, Lz4DecodeError } from '../lib/lz4/errors.js';
+import { xxh32 } from '../lib/format/xxh32.js';
 import { compressLz4Frame } from '../lib/lz4/frameEncoder.js';
 import { Lz4FrameStream } from '../lib/lz4/frameStream.js';
 import { Lz4StreamDecompress } from '../streams/Lz4StreamDecompress.js';
@@ -76,8 +77,8 @@ for (const [name, make] of writers) {
     for (const [how, cut] of [['whole', () => frame.length], ['odd parts', odd], ['1 MiB parts', () => MiB]] as const) {
       const { bytes, pieces } = decodeInParts(stream, frame, cut);
       t.true(bytes.equals(data), `${how}: decoded bytes differ`);
-      // A piece ends after the block that makes it reach 1 MiB: 4 MiB blocks make 4 MiB pieces.
-      t.true(pieces >= 3 && pieces <= 11, `${how}: ${pieces} pieces for 9 MiB`);
+      // Pieces of at most 1 MiB, whatever the block size.
+      t.true(pieces >= 10 && pieces <= 11, `${how}: ${pieces} pieces for 9 MiB`);
     }
   });
 }
@@ -145,4 +146,35 @@ test('Lz4StreamDecompress names the data frame and its disk offset when a frame 
   await t.throwsAsync(run([{ offset: 0, length: MiB, zero: true }, { ...span, lz4: frame }]), { instanceOf: Lz4DataError, message: /frame 2 \(data frame at disk offset 8388608\).*block checksum mismatch in the block at byte/ });
   const whole = compressLz4Frame(data.subarray(0, 2 * MiB));
   await t.throwsAsync(run([{ ...span, lz4: whole.subarray(0, 1000), frame: span, lz4More: true }]), { instanceOf: Lz4DataError, message: /input ended inside an LZ4 frame/ });
+});
+
+test('small frames share buffers, pieces stay within 1 MiB for 4 MiB blocks: memory follows bytes, not frames', (t) => {
+  const stream = new Lz4FrameStream(MiB);
+  const held: Buffer[] = [];
+  const small = mixed(16 * KiB);
+  // 256 small frames (4 MiB), every piece held: a buffer per frame would be 256 buffers of megabytes.
+  for (let i = 0; i < 256; i++) {
+    stream.begin();
+    held.push(...stream.push(pythonCompress(small, 'content_checksum=True')), ...stream.finish());
+  }
+  t.true(Buffer.concat(held).equals(Buffer.concat(Array(256).fill(small))));
+  t.true(new Set(held.map((p) => p.buffer)).size <= 3, `${new Set(held.map((p) => p.buffer)).size} buffers`);
+  const big = pythonCompress(data, 'block_size=lz4.frame.BLOCKSIZE_MAX4MB, content_checksum=True');
+  stream.begin();
+  const pieces = [...stream.push(big), ...stream.finish()];
+  t.true(Buffer.concat(pieces).equals(data));
+  t.true(pieces.every((p) => p.length <= MiB), `pieces of ${pieces.map((p) => p.length).join(', ')} bytes`);
+});
+
+test('a match may not reach before its frame, even into the bytes of the frame before it in the same buffer', (t) => {
+  // A frame of one linked 64 KiB block whose first sequence copies from 1 byte back: there is nothing back there.
+  const descriptor = Buffer.from([0x40, 0x40]);
+  const header = Buffer.concat([Buffer.from([0x04, 0x22, 0x4d, 0x18]), descriptor, Buffer.from([(xxh32(descriptor) >>> 8) & 0xff])]);
+  const block = Buffer.from([0x04, 0x01, 0x00, 0x50, 0x61, 0x62, 0x63, 0x64, 0x65]);
+  const size = Buffer.alloc(4);
+  size.writeUInt32LE(block.length);
+  const bad = Buffer.concat([header, size, block, Buffer.alloc(4)]);
+  const stream = new Lz4FrameStream(MiB);
+  decodeInParts(stream, pythonCompress(mixed(100 * KiB), 'content_checksum=True'), () => 1 << 30);
+  t.throws(() => decodeInParts(stream, bad, () => 1 << 30), { instanceOf: Lz4DecodeError, message: /match offset 1 points before the start/ });
 });

@@ -4,13 +4,15 @@
  * holds a whole frame (a compressed backup's frames hold up to 32 MiB; a
  * restore that decoded them whole peaked at 800 MB).
  *
- * Each piece is a view of a buffer of its own, lent (BufferLoans): hand it
- * back with release() once written and a later piece reuses it. One
- * decoder serves frame after frame (begin()), reusing its buffers. Blocks are
- * decoded one after the other into the current buffer; a new buffer starts
- * with the last 64 KiB of the previous one, where matches of linked blocks
- * (python-lz4's default) may reach. A block record split across parts is
- * gathered first (at most one block: 4 MiB).
+ * Pieces are views of lent buffers (BufferLoans), at most `pieceSize`
+ * bytes each: hand each back with release() once written; a buffer is
+ * reused once every piece of it came back. Blocks are decoded one after
+ * the other into the current buffer, and the small frames of a fragmented
+ * disk one after the other too, so memory follows the bytes in flight, not
+ * the count of pieces (a buffer per frame cost ~200 MB with 4 MiB blocks).
+ * A new buffer starts with the last 64 KiB of the frame so far, where
+ * matches of linked blocks (python-lz4's default) may reach. A block record
+ * split across parts is gathered first (at most one block: 4 MiB).
  *
  * Checked as Lz4FrameDecoder does: block sizes, block checksums (before the
  * block is decoded), matches against the buffer's bounds, and at the end the
@@ -45,7 +47,6 @@ function hex(value: number): string {
 }
 
 export class Lz4FrameStream implements BufferLoans {
-  private readonly lender: BufferLender;
   private state: State = 'done';
   private descriptor: Lz4FrameDescriptor | undefined;
   /** Bytes of the frame consumed so far (error messages name frame bytes). */
@@ -55,15 +56,22 @@ export class Lz4FrameStream implements BufferLoans {
   private gathered = 0;
   /** Bytes the item being gathered needs. */
   private need = HEADER_PREFIX;
+  /** The buffer being decoded into; the decoder holds it until it moves on to another. */
   private out: Buffer | undefined;
-  /** Decoded bytes end here in `out`; the next piece starts at `pieceStart`. */
+  /** Decoded bytes end here in `out`; the next piece starts at `pieceStart`; this frame's bytes at `frameStart`. */
   private op = 0;
   private pieceStart = 0;
+  private frameStart = 0;
   private decodedTotal = 0;
   private readonly hash = new Xxh32();
 
+  /** Buffers of two sizes: for blocks up to a piece, and for larger ones (up to 4 MiB). */
+  private readonly lenders: BufferLender[];
+
   constructor(private readonly pieceSize = 1024 * 1024) {
-    this.lender = new BufferLender(HISTORY + pieceSize + MAX_BLOCK, 16);
+    // A buffer holds the history, less than a piece not handed out yet, and the block being decoded.
+    // Spares enough for a restore's pieces in flight (8 writes and the queues): fewer made garbage that malloc keeps.
+    this.lenders = [new BufferLender(HISTORY + 2 * pieceSize, 12), new BufferLender(HISTORY + pieceSize + Math.max(pieceSize, MAX_BLOCK), 4)];
   }
 
   /** Start decoding a new frame (after the previous one's finish()). */
@@ -75,8 +83,8 @@ export class Lz4FrameStream implements BufferLoans {
     this.need = HEADER_PREFIX;
     this.decodedTotal = 0;
     this.hash.reset();
-    this.out = undefined;
-    this.op = this.pieceStart = 0;
+    // The frame goes on in the current buffer, after the last one's bytes.
+    this.pieceStart = this.frameStart = this.op;
   }
 
   /** Decoded bytes so far. */
@@ -90,11 +98,11 @@ export class Lz4FrameStream implements BufferLoans {
   }
 
   retain(view: Uint8Array): void {
-    this.lender.retain(view);
+    for (const lender of this.lenders) lender.retain(view);
   }
 
   release(view: Uint8Array): void {
-    this.lender.release(view);
+    for (const lender of this.lenders) lender.release(view);
   }
 
   /** Feed the frame's next bytes; returns the pieces they completed (maybe none). */
@@ -130,7 +138,9 @@ export class Lz4FrameStream implements BufferLoans {
   /** After the last part: the last piece. Throws when the frame is not complete. */
   finish(): Buffer[] {
     if (this.state !== 'done') throw new Lz4DecodeError('LZ4 frame ends before its end mark', this.position);
-    return this.takePiece(true);
+    const pieces: Buffer[] = [];
+    this.handOut(pieces, true);
+    return pieces;
   }
 
   /**
@@ -167,9 +177,9 @@ export class Lz4FrameStream implements BufferLoans {
       }
       case 'record': {
         const used = this.need;
-        this.block(src, at, start);
+        this.block(src, at, start, pieces);
         this.expect('size', 4);
-        if (this.op - this.pieceStart >= this.pieceSize) pieces.push(...this.takePiece(false));
+        this.handOut(pieces, false);
         return used;
       }
       case 'checksum':
@@ -192,23 +202,26 @@ export class Lz4FrameStream implements BufferLoans {
     this.need = need;
   }
 
-  /** Check and decode the block record src[at, at + need), which starts at frame byte `where`. */
-  private block(src: Uint8Array, at: number, where: number): void {
+  /** Check and decode the block record src[at, at + need), which starts at frame byte `where`; a full buffer's pieces go to `pieces`. */
+  private block(src: Uint8Array, at: number, where: number, pieces: Buffer[]): void {
     const descriptor = this.descriptor!;
     const word = u32(src, at);
     const body = at + 4;
     const end = body + ((word & ~UNCOMPRESSED) >>> 0);
     if (descriptor.blockChecksum) checkLz4BlockChecksum(src, body, end, where);
-    const out = (this.out ??= this.lender.lend());
+    if (!this.out || this.out.length - this.op < descriptor.blockMaxSize) this.nextBuffer(descriptor, pieces);
+    const out = this.out!;
     const from = this.op;
-    const limit = Math.min(out.length, from + descriptor.blockMaxSize);
+    const limit = from + descriptor.blockMaxSize;
     try {
       if (word & UNCOMPRESSED) {
         if (from + (end - body) > limit) throw new Lz4DecodeError('LZ4 block holds more than the maximum block size');
         out.set(src.subarray(body, end), from);
         this.op = from + (end - body);
       } else {
-        this.op = decodeLz4Block(src, body, end, out, from, limit);
+        // Matches may reach back to the frame's start (linked blocks) or the block's (independent ones), never into another frame.
+        const base = descriptor.blockIndependence ? from : this.frameStart;
+        this.op = base + decodeLz4Block(src, body, end, out.subarray(base, limit), from - base, limit - base);
       }
     } catch (err) {
       if (err instanceof Lz4DecodeError && err.offsetInFrame === undefined) {
@@ -220,21 +233,32 @@ export class Lz4FrameStream implements BufferLoans {
     this.decodedTotal += this.op - from;
   }
 
-  /** The decoded bytes not handed out yet, as a piece; the next buffer starts with the history. */
-  private takePiece(last: boolean): Buffer[] {
+  /** Hand out the decoded bytes as pieces of `pieceSize` (all of them when `all`, else a shorter rest waits for more). */
+  private handOut(pieces: Buffer[], all: boolean): void {
     const out = this.out;
-    if (!out || this.op === this.pieceStart) return [];
-    const piece = out.subarray(this.pieceStart, this.op);
-    if (last) {
-      this.out = undefined;
-      return [piece];
+    if (!out) return;
+    while (this.op - this.pieceStart >= this.pieceSize || (all && this.op > this.pieceStart)) {
+      const end = Math.min(this.op, this.pieceStart + this.pieceSize);
+      pieces.push(out.subarray(this.pieceStart, end));
+      this.retain(out);
+      this.pieceStart = end;
     }
-    const next = this.lender.lend();
-    const history = Math.min(HISTORY, this.op);
-    out.copy(next, 0, this.op - history, this.op);
+  }
+
+  /** Move on to a buffer with room for a block: the old one's rest goes out as pieces, the frame's last 64 KiB come along. */
+  private nextBuffer(descriptor: Lz4FrameDescriptor, pieces: Buffer[]): void {
+    this.handOut(pieces, true);
+    const lender = this.lenders[descriptor.blockMaxSize <= this.pieceSize ? 0 : 1]!;
+    const next = lender.lend();
+    const old = this.out;
+    const history = old && !descriptor.blockIndependence ? Math.min(HISTORY, this.op - this.frameStart) : 0;
+    if (old) {
+      old.copy(next, 0, this.op - history, this.op);
+      this.release(old);
+    }
     this.out = next;
     this.op = this.pieceStart = history;
-    return [piece];
+    this.frameStart = 0;
   }
 
   private end(contentChecksum: number | undefined, where: number): void {

@@ -4,7 +4,9 @@
  * qemu-nbd of ours on a unix socket in a private directory, written through
  * our NBD client. Each data file is applied by the pipeline
  *
- *     bytes -> ChecksumTap -> SparseParser -> Lz4StreamDecompress -> ProgressTap -> NbdWriter
+ *     bytes -> ChecksumTap -> SparseParser -> Lz4StreamDecompress -> NbdWriter
+ *
+ * (progress counts the data bytes the server acknowledged).
  *
  * On the fresh image zero frames and unallocated ranges are simply not
  * written (the new qcow2 reads as zero there and stays thin); later files
@@ -41,7 +43,6 @@ import { SshHostFiles } from '../remote/sshHostFiles.js';
 import { ChecksumTap } from '../../streams/ChecksumTap.js';
 import { Lz4StreamDecompress } from '../../streams/Lz4StreamDecompress.js';
 import { NbdWriter } from '../../streams/NbdWriter.js';
-import { ProgressTap } from '../../streams/ProgressTap.js';
 import { SparseParser } from '../../streams/SparseParser.js';
 import { ChecksumMismatchError, RestoreError, TargetExistsError } from './errors.js';
 
@@ -202,12 +203,13 @@ export class DiskImage {
     const parser = new SparseParser({ maxPieceSize: PIECE_SIZE, loans, lz4Parts: true });
     const decompress = new Lz4StreamDecompress({ pieceSize: PIECE_SIZE, loans });
     // A written piece is a view of the source's buffer, a piece the parser joined, or a decoded piece: each owner takes back its own.
+    // Progress comes from here too: a stage counting on the way would hold four more pieces in its queues.
     const onWritten = (data: Buffer): void => {
       parser.release(data);
       decompress.release(data);
+      opts.onData?.(data.length);
     };
     const writer = new NbdWriter(this.client, { targetIsZero: opts.fresh, inFlight: WRITES_IN_FLIGHT, onWritten });
-    const progress = new ProgressTap((n) => opts.onData?.(n));
     let mismatch: string | undefined;
     parser.once('metadata', (m: StreamMetadata) => {
       const e = opts.expectedMetadata;
@@ -220,7 +222,7 @@ export class DiskImage {
       }
     });
     try {
-      await pipeline(source, tap, parser, decompress, progress, writer, opts.signal ? { signal: opts.signal } : {});
+      await pipeline(source, tap, parser, decompress, writer, opts.signal ? { signal: opts.signal } : {});
     } catch (error) {
       if (error instanceof RestoreError) throw error;
       const err = error as Error;

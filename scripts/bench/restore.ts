@@ -7,6 +7,9 @@
  *   and fsyncing the image;
  * - virtnbd (16 GiB): ours on the set of the 16 GiB bench disk (same data,
  *   larger virtual size), to show its peak RSS is the 4 GiB one's (+-10%);
+ * - virtnbd (-z set): ours on a compressed set of the 4 GiB disk (Debian's
+ *   virtnbdbackup -z: python-lz4 frames of linked 64 KiB blocks), for its
+ *   peak RSS (LZ4 decoded on the way);
  * - virtnbdrestore: Debian's package, the same command;
  * - nbdcopy: from the bench disk as a sparse raw file into a new qcow2
  *   (qemu-img create, untimed) served by qemu-nbd with its default cache,
@@ -14,7 +17,8 @@
  *   nothing else.
  *
  * The sets are made once by Debian's virtnbdbackup from a bench VM and
- * cached under BENCH_DIR/restore-set/ (restore-set16/ for the 16 GiB disk)
+ * cached under BENCH_DIR/restore-set/ (restore-set16/ for the 16 GiB disk,
+ * restore-set-z/ for the compressed one)
  * while the bench disk is the same.
  * One untimed pass checks that each tool's image equals the bench disk
  * (`qemu-img compare`).
@@ -39,20 +43,20 @@ export interface RestoreBenchOptions {
   log: (msg: string) => void;
 }
 
-/** The full backup set (Debian's virtnbdbackup of a VM on `disk`), built once. */
-async function restoreSet(disk: BenchDisk, log: (m: string) => void): Promise<string> {
+/** The full backup set (Debian's virtnbdbackup of a VM on `disk`, compressed with -z if asked), built once. */
+async function restoreSet(disk: BenchDisk, log: (m: string) => void, compress = false): Promise<string> {
   const name = benchDiskName(disk.virtualSize);
-  const root = join(BENCH_DIR, name.replace(/^bench/, 'restore-set'));
+  const root = join(BENCH_DIR, name.replace(/^bench/, 'restore-set') + (compress ? '-z' : ''));
   const set = join(root, 'set');
   const stamp = join(root, 'source.json');
   const source = await readFile(join(BENCH_DIR, `${name}.json`), 'utf8');
   if (existsSync(stamp) && (await readFile(stamp, 'utf8')) === source) return set;
-  log(`building the restore bench set in ${set} (Debian virtnbdbackup full of the bench VM)`);
+  log(`building the restore bench set in ${set} (Debian virtnbdbackup full${compress ? ' -z' : ''} of the bench VM)`);
   await rm(root, { recursive: true, force: true });
   await mkdir(root, { recursive: true });
   const vm = await startBenchVm(disk.path, root, log);
   try {
-    await run('virtnbdbackup', ['-d', vm.name, '-l', 'full', '-o', set, '-n'], { cwd: root, timeoutMs: 900_000 });
+    await run('virtnbdbackup', ['-d', vm.name, '-l', 'full', '-o', set, '-n', ...(compress ? ['-z'] : [])], { cwd: root, timeoutMs: 900_000 });
   } finally {
     await vm.stop();
   }
@@ -91,12 +95,14 @@ export async function benchRestore(opts: RestoreBenchOptions): Promise<BenchResu
   const set = await restoreSet(disk, log);
   const disk16 = await benchDisk(log, 16 * GiB);
   const set16 = await restoreSet(disk16, log);
+  const setZ = await restoreSet(disk, log, true);
   await buildDist(log);
   const ours = join(REPO, 'bin/virtnbdrestore');
   return inBenchWorkdir('restore', async ({ dir }) => {
     const all: Contender[] = [
       { name: 'virtnbd', command: (out) => ({ cmd: ours, args: ['-i', set, '-o', out, '-n'] }) },
       { name: 'virtnbd (16 GiB)', command: (out) => ({ cmd: ours, args: ['-i', set16, '-o', out, '-n'] }) },
+      { name: 'virtnbd (-z set)', command: (out) => ({ cmd: ours, args: ['-i', setZ, '-o', out, '-n'] }) },
       { name: 'virtnbdrestore', command: (out) => ({ cmd: 'virtnbdrestore', args: ['-i', set, '-o', out, '-n'] }) },
       nbdcopyTarget(disk, dir),
     ];
@@ -116,6 +122,7 @@ export async function benchRestore(opts: RestoreBenchOptions): Promise<BenchResu
     const vsNbdcopy = row('virtnbd').medianMs / row('nbdcopy').medianMs;
     const speedup = row('virtnbdrestore').medianMs / row('virtnbd').medianMs;
     const rss = Math.max(row('virtnbd').peakRssBytes, row('virtnbd (16 GiB)').peakRssBytes);
+    const rssZ = row('virtnbd (-z set)').peakRssBytes;
     const rss16 = medianRss(row('virtnbd (16 GiB)')) / medianRss(row('virtnbd')) - 1;
     return {
       bench: 'restore',
@@ -124,12 +131,14 @@ export async function benchRestore(opts: RestoreBenchOptions): Promise<BenchResu
         { what: 'restore time virtnbd/nbdcopy', value: vsNbdcopy, limit: 1.3, unit: 'x', ok: vsNbdcopy <= 1.3 },
         { what: 'restore speed-up over virtnbdrestore', value: speedup, limit: 1.8, unit: 'x', ok: speedup >= 1.8 },
         { what: 'peak RSS virtnbd', value: rss / MB, limit: 100, unit: 'MB', ok: rss <= 100 * MB },
+        { what: 'peak RSS virtnbd, compressed set', value: rssZ / MB, limit: 100, unit: 'MB', ok: rssZ <= 100 * MB },
         { what: 'peak RSS virtnbd restore, 16 GiB vs 4 GiB disk (medians of the rounds)', value: rss16 * 100, limit: 10, unit: '%', ok: Math.abs(rss16) <= 0.1 },
       ],
       info: {
         disk: `${disk.path} (${disk.virtualSize} bytes virtual, ${disk.dataBytes} data bytes in ${disk.dataExtents} extents)`,
         set,
         'set (16 GiB)': set16,
+        'set (-z)': setZ,
         rounds: opts.rounds,
         'ratio virtnbd / nbdcopy (medians)': Number(vsNbdcopy.toFixed(3)),
         'ratio virtnbdrestore / virtnbd': Number(speedup.toFixed(3)),
