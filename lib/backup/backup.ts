@@ -474,6 +474,8 @@ interface RunState {
 /** Job, disks, set files, checkpoint commit; undone on failure. */
 async function runJob(domain: Domain, plan: BackupPlan, s: RunState): Promise<BackupResult> {
   const { request, context, paths, log } = s;
+  // Started first: qemu-img runs while libvirt starts the job (we only wait there), not while we list extents and copy.
+  const imageInfo = prefetchImageInfo(plan.targets, s.files);
   const job = plan.offline
     ? undefined
     : await BackupJob.begin(
@@ -488,7 +490,6 @@ async function runJob(domain: Domain, plan: BackupPlan, s: RunState): Promise<Ba
         },
         log,
       );
-  const imageInfo = prefetchImageInfo(plan.targets, s.files);
   let output: SetOutput | undefined;
   const savedFiles: string[] = [];
   /** `<domain>.cpt` before this run changed it (null: not changed). */
