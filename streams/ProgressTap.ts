@@ -13,7 +13,8 @@ export class ProgressTap extends Transform {
   bytes = 0;
 
   constructor(private readonly onData: (bytes: number) => void) {
-    super({ objectMode: true, highWaterMark: 2 });
+    // One chunk each side: a counting stage should not hold more of a backup's data than it must.
+    super({ objectMode: true, highWaterMark: 1 });
   }
 
   override _transform(chunk: Chunk, _encoding: BufferEncoding, callback: TransformCallback): void {

@@ -16,9 +16,10 @@ export class Lz4WorkerError extends Error {
 /**
  * The worker's heap: it holds a block encoder's hash table and a few
  * message objects; its data lives in shared buffers. A small young
- * generation keeps the isolate from growing a main-thread-sized heap.
+ * generation and a small old one keep the isolate from growing a
+ * main-thread-sized heap (its live heap is node's worker bootstrap, a few MB).
  */
-const WORKER_LIMITS = { maxYoungGenerationSizeMb: 2 };
+const WORKER_LIMITS = { maxYoungGenerationSizeMb: 2, maxOldGenerationSizeMb: 16 };
 
 /**
  * Start worker.js next to this file. Run from the TypeScript sources (tsx,
