@@ -13,8 +13,7 @@ export class ProgressTap extends Transform {
   bytes = 0;
 
   constructor(private readonly onData: (bytes: number) => void) {
-    // One chunk each side: a counting stage should not hold more of a backup's data than it must.
-    super({ objectMode: true, highWaterMark: 1 });
+    super({ objectMode: true, highWaterMark: 2 });
   }
 
   override _transform(chunk: Chunk, _encoding: BufferEncoding, callback: TransformCallback): void {

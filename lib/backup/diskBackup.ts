@@ -149,8 +149,8 @@ export async function backupDisk(spec: DiskBackupSpec): Promise<DiskBackupResult
     const progress = spec.progress?.(`saving disk ${dev}`, dataSize);
     const tap = new ProgressTap((n) => progress?.update(n));
     const source = Readable.from(extents, { objectMode: true });
-    // Compressing is the slow stage: 4 reads ahead keep it fed, and 12 fewer read buffers are resident.
-    const reader = new NbdReader(client, spec.compress !== false ? { inFlight: 4 } : {});
+    // Compressing is the slow stage: 4 reads ahead keep it fed. Plain: 8 x 512 KiB read as fast as 16 (bench backup), ~5 MB less resident.
+    const reader = new NbdReader(client, { inFlight: spec.compress !== false ? 4 : 8 });
     let checksum: number | undefined;
     log.info(`Disk ${dev}: writing ${target.dataFile} to ${spec.output.description}.`);
     const stages: Array<NodeJS.ReadableStream | NodeJS.WritableStream | NodeJS.ReadWriteStream> = [source, reader];
