@@ -45,7 +45,22 @@ export async function peerBackup(opts: PeerBackupOptions): Promise<RunResult> {
   if (opts.compress === true) args.push('-z');
   else if (typeof opts.compress === 'number') args.push(`--compress=${opts.compress}`);
   args.push(...(opts.extraArgs ?? []));
+  await jobGone(opts.domain);
   return run('virtnbdbackup', args, { timeoutMs: opts.timeoutMs ?? 300_000 });
+}
+
+/**
+ * The peer exits once it asked libvirt to end its backup job, and libvirt
+ * may still be ending it: a next peer run then refuses ("Detected an active
+ * backup operation"). Wait up to 30 s for the domain to have no job (an
+ * inactive domain has none).
+ */
+async function jobGone(domain: string): Promise<void> {
+  for (let i = 0; i < 300; i++) {
+    const info = await run('virsh', ['-c', 'qemu:///system', 'domjobinfo', domain]).catch(() => undefined);
+    if (info === undefined || /Job type:\s+None/.test(info.stdout)) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
 
 export interface PeerRestoreOptions {
